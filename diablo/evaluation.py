@@ -1,0 +1,222 @@
+"""Embedding extraction and retrieval metrics: Recall@K, MAP@R and NMI (paper §5).
+
+Protocol. Without a gallery the test set is searched leave-one-out: every item is a query and
+the gallery is the rest of the test set (the query is removed by index, not by similarity, so an
+exact duplicate of the query still counts as a neighbour). With a gallery (In-Shop) the queries
+search the gallery only. Search is exact inner product with faiss (embeddings are unit norm,
+so this is the cosine); equal similarities are ranked in gallery-index order (see
+`diablo.index.ranked_search`); a K larger than the gallery is clamped to the gallery size.
+
+Queries without a positive (a class with a single test image, or a query class absent from the
+gallery) count as misses for Recall@K and are left out of MAP@R, whose R would be 0 for them.
+MAP@R (Musgrave et al. 2020, "A metric learning reality check"): R is the number of items of the
+query's class in the gallery (the query itself excluded); the query's score is the mean over the
+top R positions of precision@i at the relevant ones, i.e. sum_{i<=R} P@i * rel_i / R.
+NMI: k-means (faiss, seeded) of the queries into as many clusters as they have classes, compared
+with the labels by sklearn's normalized_mutual_info_score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diablo.index import as_embedding_matrix, as_label_vector, ranked_search
+
+_ROWS_PER_CHUNK = 4096  # queries searched and scored at a time
+
+
+def embed(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (n, D) float32 and labels (n,) int64 of a dataset of (image, label) items.
+
+    The model runs in eval mode under torch.inference_mode, batches in dataset order; its
+    training mode is restored afterwards. device defaults to the device of its parameters.
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("cannot embed an empty dataset")
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    chunks: list[np.ndarray] = []
+    label_chunks: list[np.ndarray] = []
+    try:
+        with torch.inference_mode():
+            for images, labels in tqdm(loader, desc="embed", disable=not progress, leave=False):
+                z = model(images.to(device))  # (B, D)
+                chunks.append(z.float().cpu().numpy())
+                label_chunks.append(torch.as_tensor(labels).reshape(-1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks).astype(np.float32, copy=False), np.concatenate(label_chunks).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Retrieval:
+    """Per-query outcomes of one search."""
+
+    hits: dict[int, np.ndarray]  # k -> (q,) bool: a positive within the top k
+    average_precision: np.ndarray  # (q,) float64 AP@R; NaN where R = 0
+
+
+def _check_ks(ks: Iterable[int]) -> list[int]:
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
+
+
+def _retrieve(
+    emb: object,
+    labels: object,
+    ks: Iterable[int],
+    gallery: object | None,
+    gallery_labels: object | None,
+    with_map: bool = True,
+) -> _Retrieval:
+    """Search once for max K (and max R with_map) neighbours and score every query."""
+    ks = _check_ks(ks)
+    queries = as_embedding_matrix(emb, "embeddings")  # (q, D)
+    q_labels = as_label_vector(labels, queries.shape[0], "labels")  # (q,)
+    leave_one_out = gallery is None
+    if leave_one_out:
+        if gallery_labels is not None:
+            raise ValueError("gallery_labels given without a gallery")
+        g_emb, g_labels = queries, q_labels
+    else:
+        if gallery_labels is None:
+            raise ValueError("a gallery needs gallery_labels")
+        g_emb = as_embedding_matrix(gallery, "gallery")
+        g_labels = as_label_vector(gallery_labels, g_emb.shape[0], "gallery_labels")
+        if g_emb.shape[1] != queries.shape[1]:
+            raise ValueError(f"queries have D={queries.shape[1]}, the gallery has D={g_emb.shape[1]}")
+
+    # R: same-class gallery items of each query, itself excluded.
+    classes, g_counts = np.unique(g_labels, return_counts=True)
+    pos = np.searchsorted(classes, q_labels).clip(max=len(classes) - 1)
+    r = np.where(classes[pos] == q_labels, g_counts[pos], 0) - int(leave_one_out)  # (q,)
+
+    index = faiss.IndexFlatIP(g_emb.shape[1])
+    index.add(g_emb)
+    k_search = max(max(ks), int(r.max()) if with_map else 0)
+    q = queries.shape[0]
+    hits = {k: np.zeros(q, dtype=bool) for k in ks}
+    ap = np.full(q, np.nan)
+    for start in range(0, q, _ROWS_PER_CHUNK):
+        rows = np.arange(start, min(q, start + _ROWS_PER_CHUNK))
+        ids, _ = ranked_search(index, queries[rows], k_search, rows if leave_one_out else None)
+        rel = g_labels[ids] == q_labels[rows, None]  # (rows, k') bool
+        for k in ks:
+            hits[k][rows] = rel[:, :k].any(axis=1)
+        if with_map:
+            ap[rows] = _average_precision_at_r(rel, r[rows])
+    return _Retrieval(hits=hits, average_precision=ap)
+
+
+def _average_precision_at_r(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """AP@R of each row: rel (rows, k) bool relevance in rank order with k >= R, r (rows,).
+
+    sum_{i <= R} P@i * rel_i / R; NaN where R = 0.
+    """
+    ranks = np.arange(1, rel.shape[1] + 1)  # (k,)
+    precision = np.cumsum(rel, axis=1) / ranks  # (rows, k) P@i
+    in_top_r = ranks[None, :] <= r[:, None]  # (rows, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * rel * in_top_r).sum(axis=1) / r
+    return np.where(r > 0, ap, np.nan)
+
+
+def recall_at_k(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    ks: Iterable[int] = (1, 2, 4, 8),
+    gallery: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+) -> dict[int, float]:
+    """{k: fraction of queries with a same-label item in their top k}.
+
+    emb (q, D) unit-norm queries with labels (q,). Leave-one-out over emb when gallery is None,
+    otherwise queries vs gallery (m, D) with gallery_labels (m,). Queries with no positive count
+    as misses.
+    """
+    result = _retrieve(emb, labels, ks, gallery, gallery_labels, with_map=False)
+    return {k: float(hit.mean()) for k, hit in result.hits.items()}
+
+
+def map_at_r(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    gallery: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+) -> float:
+    """MAP@R (Musgrave et al. 2020), leave-one-out or queries vs gallery as in `recall_at_k`.
+
+    Queries with no positive (R = 0) are left out; NaN if no query has one.
+    """
+    ap = _retrieve(emb, labels, (1,), gallery, gallery_labels).average_precision
+    return _nanmean(ap)
+
+
+def nmi(emb: np.ndarray, labels: np.ndarray, seed: int = 0, niter: int = 20) -> float:
+    """Normalized mutual information between the labels and a seeded k-means of emb (n, D).
+
+    The number of clusters is the number of classes in labels.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x = as_embedding_matrix(emb)
+    y = as_label_vector(labels, x.shape[0])
+    num_classes = len(np.unique(y))
+    if num_classes == 1:
+        clusters = np.zeros(len(y), dtype=np.int64)
+    else:
+        kmeans = faiss.Kmeans(x.shape[1], num_classes, niter=niter, seed=seed, verbose=False)
+        kmeans.cp.min_points_per_centroid = 1  # no warning for small test sets
+        kmeans.train(x)
+        _, assigned = kmeans.index.search(x, 1)
+        clusters = assigned[:, 0]
+    return float(normalized_mutual_info_score(y, clusters))
+
+
+def evaluate(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    ks: Iterable[int],
+    gallery: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    with_nmi: bool = True,
+) -> dict[str, float]:
+    """{"recall@K": .., ..., "map@r": .., "nmi": ..} from one search (JSON-ready keys).
+
+    NMI clusters the queries (the whole test set when leave-one-out); with_nmi=False skips the
+    k-means, which is slow for thousands of classes (SOP). MAP@R is NaN if no query has a positive.
+    """
+    result = _retrieve(emb, labels, ks, gallery, gallery_labels)
+    metrics = {f"recall@{k}": float(hit.mean()) for k, hit in result.hits.items()}
+    metrics["map@r"] = _nanmean(result.average_precision)
+    if with_nmi:
+        metrics["nmi"] = nmi(emb, labels)
+    return metrics
+
+
+def _nanmean(values: np.ndarray) -> float:
+    valid = values[~np.isnan(values)]
+    return float(valid.mean()) if valid.size else math.nan

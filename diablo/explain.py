@@ -1,0 +1,351 @@
+"""Why is a result similar to a query: captum attributions of a cosine similarity, and overlays.
+
+The explained quantity is s(x) = cos(z(x), z_t), the cosine similarity between the query's
+embedding z(x) and a chosen result's embedding z_t (held fixed) -- for the whole embedding, or
+for one branch n: cos(b_n(x), b_n,t) between branch n's unit vectors
+(`model.inspect(x).branch_embeddings[:, n]`, paper §4.1).
+
+- Integrated Gradients (Sundararajan et al. 2017, `captum.attr.IntegratedGradients`):
+  a_i = (x_i - x'_i) * mean over the path of ds/dx_i, with the all-zero baseline x' = 0, which
+  after ImageNet normalisation is the dataset's mean image. Completeness: sum_i a_i ~= s(x) - s(x').
+  The pixel map sums a_i over the colour channels (signed), then keeps the absolute value
+  (default, `sign="absolute"`: evidence for and against) or the positive part (`sign="positive"`:
+  only what makes the query more similar to the result).
+- Grad-CAM (Selvaraju et al. 2017, `captum.attr.LayerGradCam`): ReLU(sum_k mean_ij(ds/dA_k) A_k)
+  on the map the attention weights (`Inspection.values`): the output of `model.features` (F)
+  for pre-attention and the baseline, of `model.psi` (G = psi(F)) for post-attention. That is
+  the last map with spatial resolution that is computed once per image: pre-attention's psi
+  runs on the B * N masked copies, so its output is not one map per image. The map is upsampled
+  to the image with `LayerAttribution.interpolate` (bilinear).
+
+Both maps are scaled to [0, 1] by their 99th percentile (clipped above), so that a few extreme
+pixels do not wash out the rest. The model is put in eval mode with every parameter's
+`requires_grad` off while attributing (only the input gets gradients; no `.grad` is written),
+then each module's mode and each parameter's flag are restored.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+from torch import nn
+
+METHODS = ("integrated_gradients", "gradcam")
+SIGNS = ("absolute", "positive")
+# OpenCV's colormaps by lower-case name: "jet", "viridis", "magma", "inferno", "turbo", ...
+COLORMAPS: dict[str, int] = {
+    name[len("COLORMAP_") :].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
+}
+# Qualitative palette for entry legends (matplotlib's tab10, then tab20's light shades).
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]  # fmt: skip
+
+
+# ---- the explained quantity ---------------------------------------------------------------
+
+
+def _branch_vector(embedding: torch.Tensor, branch: int, branches: int) -> torch.Tensor:
+    """Branch n's unit vector from a full embedding (concat of N unit branches / sqrt(N)). (D,) -> (D/N,)"""
+    size = embedding.shape[-1] // branches
+    return nnf.normalize(embedding[..., branch * size : (branch + 1) * size], dim=-1)
+
+
+class SimilarityTarget(nn.Module):
+    """forward(x) = cos(z(x), z_t) (B,), or branch n's cos(b_n(x), b_n,t); z_t is held fixed.
+
+    `target` is a (D,) embedding (e.g. a gallery row) or a result image (3, H, W) / (1, 3, H, W),
+    which is embedded once, without gradients, by the model in its current mode.
+    """
+
+    def __init__(self, model: nn.Module, target: torch.Tensor, branch: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.branches = int(model.config.branches)
+        if branch is not None and not 0 <= branch < self.branches:
+            raise ValueError(f"branch must be in [0, {self.branches}), got {branch}")
+        self.branch = branch
+        device = next(model.parameters()).device
+        target = torch.as_tensor(target).to(device=device, dtype=torch.float32)
+        if target.dim() in (3, 4):  # a result image
+            with torch.no_grad():
+                target = model.inspect(target.reshape(1, *target.shape[-3:])).embedding[0]  # (D,)
+        if target.dim() != 1:
+            raise ValueError(f"target must be a (D,) embedding or a (1, 3, H, W) image, got {tuple(target.shape)}")
+        if branch is None:
+            vector = nnf.normalize(target, dim=0)  # (D,)
+        else:
+            vector = _branch_vector(target, branch, self.branches)  # (D/N,)
+        self.register_buffer("target", vector.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B,) cosine similarities to the target."""
+        out = self.model.inspect(x)
+        z = out.embedding if self.branch is None else out.branch_embeddings[:, self.branch]  # (B, D) or (B, D/N)
+        return nnf.cosine_similarity(z, self.target.unsqueeze(0).expand_as(z), dim=1)
+
+
+@contextlib.contextmanager
+def attribution_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside; every module's mode and flag restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        model.eval()
+        for param, _ in flags:
+            param.requires_grad_(False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The module whose output is `Inspection.values`: psi for post-attention, else F."""
+    return model.psi if model.config.attention == "post" else model.features
+
+
+# ---- attributions ---------------------------------------------------------------------------
+
+
+def _query(model: nn.Module, query: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) or (3, H, W) -> (1, 3, H, W) float32 on the model's device."""
+    query = torch.as_tensor(query)
+    if query.dim() == 3:
+        query = query.unsqueeze(0)
+    if query.dim() != 4 or query.shape[:2] != (1, 3):
+        raise ValueError(f"query must be one (1, 3, H, W) image, got {tuple(query.shape)}")
+    return query.to(device=next(model.parameters()).device, dtype=torch.float32)
+
+
+def integrated_gradients(
+    model: nn.Module,
+    query: torch.Tensor,
+    target: torch.Tensor,
+    branch: int | None = None,
+    steps: int = 32,
+    internal_batch_size: int = 8,
+) -> tuple[torch.Tensor, float]:
+    """Raw IG attributions (1, 3, H, W) of s(query) against the zero baseline, and captum's
+    convergence delta: sum(attributions) - (s(query) - s(0))."""
+    x = _query(model, query)
+    with attribution_mode(model):
+        forward = SimilarityTarget(model, target, branch)
+        ig = IntegratedGradients(forward)
+        attributions, delta = ig.attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            n_steps=steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+    return attributions.detach(), float(delta.sum())
+
+
+def gradcam(model: nn.Module, query: torch.Tensor, target: torch.Tensor, branch: int | None = None) -> torch.Tensor:
+    """Grad-CAM of s(query) on `gradcam_layer(model)`, upsampled to the image: (1, 1, H, W), >= 0."""
+    x = _query(model, query)
+    with attribution_mode(model):
+        forward = SimilarityTarget(model, target, branch)
+        cam = LayerGradCam(forward, gradcam_layer(model)).attribute(x, relu_attributions=True)  # (1, 1, h, w)
+        cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return cam.clamp_min(0)  # bilinear interpolation keeps >= 0, clamp for round-off
+
+
+def _unit_range(heat: np.ndarray, quantile: float = 0.99) -> np.ndarray:
+    """Non-negative map -> [0, 1], scaled by its `quantile` and clipped; all-zero stays zero."""
+    scale = float(np.quantile(heat, quantile))
+    if scale <= 0:
+        scale = float(heat.max())
+    if not math.isfinite(scale) or scale <= 0:
+        return np.zeros_like(heat, dtype=np.float32)
+    return np.clip(heat / scale, 0.0, 1.0).astype(np.float32)
+
+
+def similarity_attribution(
+    model: nn.Module,
+    query: torch.Tensor,
+    target: torch.Tensor,
+    method: str = "integrated_gradients",
+    branch: int | None = None,
+    steps: int = 32,
+    sign: str = "absolute",
+    internal_batch_size: int = 8,
+) -> np.ndarray:
+    """(H, W) float32 map in [0, 1]: which query pixels drive its similarity to `target`.
+
+    query (1, 3, H, W) normalised image; target (D,) embedding or result image; `branch` n
+    explains branch n's cosine instead of the whole embedding's. See the module docstring.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choices: {', '.join(METHODS)}")
+    if sign not in SIGNS:
+        raise ValueError(f"unknown sign {sign!r}; choices: {', '.join(SIGNS)}")
+    if method == "gradcam":
+        heat = gradcam(model, query, target, branch)[0, 0].cpu().double().numpy()  # (H, W)
+    else:
+        attributions, _ = integrated_gradients(model, query, target, branch, steps, internal_batch_size)
+        pixel = attributions[0].sum(dim=0).cpu().double().numpy()  # (H, W): signed sum over colours
+        heat = np.abs(pixel) if sign == "absolute" else np.maximum(pixel, 0.0)
+    heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    return _unit_range(heat)
+
+
+# ---- overlays -------------------------------------------------------------------------------
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 3) uint8 -> (H, W, 3) uint8."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"image must be (H, W, 3) or (H, W), got {image.shape}")
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def colormap_code(name: str) -> int:
+    """The cv2.COLORMAP_* constant for `name`; ValueError listing the choices."""
+    key = name.lower()
+    if key not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; choices: {', '.join(sorted(COLORMAPS))}")
+    return COLORMAPS[key]
+
+
+def _numpy(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, colormap: str = "jet", opacity: float = 0.5) -> np.ndarray:
+    """(1 - opacity) * image + opacity * colormap(heat), heat (h, w) in [0, 1] resized to the image.
+
+    image (H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB; values of heat outside [0, 1] are clipped.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    code = colormap_code(colormap)
+    image = _rgb(image)
+    heat = np.nan_to_num(_numpy(heat).astype(np.float32), nan=0.0)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be (h, w), got {heat.shape}")
+    height, width = image.shape[:2]
+    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)  # (H, W)
+    levels = np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(levels, code), cv2.COLOR_BGR2RGB)  # (H, W, 3)
+    blended = (1.0 - opacity) * image.astype(np.float64) + opacity * colour.astype(np.float64)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def _entry_maps(attention: Any, channel: int | None) -> np.ndarray:
+    """(N, c, h, w) attention -> (N, h, w): one channel, or the mean over channels."""
+    a = _numpy(attention).astype(np.float64)
+    if a.ndim != 4:
+        raise ValueError(f"attention must be (N, c, h, w), got {a.shape}")
+    if channel is None:
+        return a.mean(axis=1)
+    if not -a.shape[1] <= channel < a.shape[1]:
+        raise ValueError(f"channel must be in [0, {a.shape[1]}), got {channel}")
+    return a[:, channel]
+
+
+def attention_overlays(
+    image: np.ndarray,
+    attention: torch.Tensor,
+    channel: int | None = None,
+    colormap: str = "jet",
+    opacity: float = 0.5,
+    stretch: bool = False,
+) -> list[np.ndarray]:
+    """One overlay per dictionary entry: image (H, W, 3) uint8, attention (N, c or 1, h, w).
+
+    The weights are shown as they are (in [0, 1], 1 = the place belongs wholly to the entry),
+    so entries are comparable; `stretch=True` scales each map by its own maximum instead.
+    """
+    maps = _entry_maps(attention, channel)  # (N, h, w)
+    if stretch:
+        maps = maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
+    return [overlay(image, m, colormap, opacity) for m in maps]
+
+
+def assignment_map(attention: torch.Tensor, channel: int | None = None) -> np.ndarray:
+    """(N, c or 1, h, w) -> (h, w) int64: the arg-max entry of each place (ties: lowest index)."""
+    return _entry_maps(attention, channel).argmax(axis=0)
+
+
+def assignment_colours(n: int) -> np.ndarray:
+    """(n, 3) uint8 RGB: a fixed qualitative palette (tab10, tab20 light), then golden-ratio hues."""
+    colours = []
+    for i in range(n):
+        if i < len(_PALETTE):
+            hex_ = _PALETTE[i].lstrip("#")
+            colours.append([int(hex_[k : k + 2], 16) for k in (0, 2, 4)])
+        else:
+            r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.9)
+            colours.append([round(r * 255), round(g * 255), round(b * 255)])
+    return np.asarray(colours, dtype=np.uint8).reshape(n, 3)
+
+
+def assignment_overlay(
+    image: np.ndarray, attention: torch.Tensor, channel: int | None = None, opacity: float = 0.5
+) -> np.ndarray:
+    """image (H, W, 3) uint8 blended with each place's arg-max entry in `assignment_colours` (nearest)."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    image = _rgb(image)
+    entries = _numpy(attention).shape[0]
+    labels = assignment_map(attention, channel)  # (h, w)
+    colour = assignment_colours(entries)[labels]  # (h, w, 3)
+    colour = cv2.resize(colour, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    blended = (1.0 - opacity) * image.astype(np.float64) + opacity * colour.astype(np.float64)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def entry_statistics(attention: torch.Tensor | Sequence[Any], channel: int | None = None) -> dict[str, Any]:
+    """How a batch of attention (B, N, c or 1, h, w) uses the dictionary.
+
+    - "share" (N,): fraction of places (over the batch) whose arg-max entry is n, on the channel
+      mean (or one `channel`), as in `assignment_map`; sums to 1.
+    - "mean_weight" (N,): the mean attention weight of entry n.
+    - "entropy": mean over places (and channels, for dimension-wise attention) of
+      H = -sum_n a_n log a_n, in nats: 0 for one-hot (hard) assignment, log N for uniform.
+    - "entropy_normalised": entropy / log N in [0, 1] (0 when N = 1).
+    """
+    a = _numpy(attention).astype(np.float64)
+    if a.ndim == 4:  # one image
+        a = a[None]
+    if a.ndim != 5:
+        raise ValueError(f"attention must be (B, N, c, h, w), got {a.shape}")
+    n = a.shape[1]
+    if channel is not None:
+        if not -a.shape[2] <= channel < a.shape[2]:
+            raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
+        a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
+    winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
+    share = np.bincount(winners.ravel(), minlength=n).astype(np.float64) / winners.size  # (N,)
+    p = np.clip(a, 0.0, None)
+    entropy = float((-(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)).mean())  # over (B, c, h, w)
+    entropy = max(entropy, 0.0)
+    return {
+        "share": share,
+        "mean_weight": a.mean(axis=(0, 2, 3, 4)),
+        "entropy": entropy,
+        "entropy_normalised": entropy / math.log(n) if n > 1 else 0.0,
+    }

@@ -1,0 +1,207 @@
+"""Recall@K, MAP@R, NMI and embed against brute-force numpy and pytorch-metric-learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from diablo.evaluation import embed, evaluate, map_at_r, nmi, recall_at_k
+
+
+def integer_embeddings(n: int, d: int = 5, classes: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors with small integer entries: every inner product is exact in float32 and many tie."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(-2, 3, size=(n, d)).astype(np.float32), rng.integers(0, classes, size=n)
+
+
+def unit_embeddings(n: int, d: int = 16, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), rng.integers(0, classes, size=n)
+
+
+def brute_force_relevance(q, q_labels, g, g_labels, leave_one_out: bool) -> list[np.ndarray]:
+    """Per query: relevance of the whole ranked gallery, ties in index order, self removed."""
+    sims = q.astype(np.float64) @ g.astype(np.float64).T
+    out = []
+    for i in range(len(q)):
+        order = np.argsort(-sims[i], kind="stable")
+        if leave_one_out:
+            order = order[order != i]
+        out.append(g_labels[order] == q_labels[i])
+    return out
+
+
+def brute_force_metrics(q, q_labels, ks, g=None, g_labels=None) -> tuple[dict[int, float], float]:
+    loo = g is None
+    rels = brute_force_relevance(q, q_labels, q if loo else g, q_labels if loo else g_labels, loo)
+    recall = {k: float(np.mean([rel[:k].any() for rel in rels])) for k in ks}
+    aps = []
+    for rel in rels:
+        r = int(rel.sum())
+        if r == 0:
+            continue
+        precision = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+        aps.append(float((precision * rel[:r]).sum() / r))
+    return recall, float(np.mean(aps))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_leave_one_out_matches_brute_force_with_ties(seed: int) -> None:
+    x, y = integer_embeddings(150, seed=seed)
+    ks = (1, 2, 4, 8, 16)
+    expected_recall, expected_map = brute_force_metrics(x, y, ks)
+    assert recall_at_k(x, y, ks) == pytest.approx(expected_recall, abs=1e-12)
+    assert map_at_r(x, y) == pytest.approx(expected_map, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_query_vs_gallery_matches_brute_force(seed: int) -> None:
+    q, q_labels = integer_embeddings(60, seed=seed)
+    g, g_labels = integer_embeddings(90, seed=seed + 10)
+    ks = (1, 10, 20, 30)
+    expected_recall, expected_map = brute_force_metrics(q, q_labels, ks, g, g_labels)
+    assert recall_at_k(q, q_labels, ks, gallery=g, gallery_labels=g_labels) == pytest.approx(expected_recall)
+    assert map_at_r(q, q_labels, gallery=g, gallery_labels=g_labels) == pytest.approx(expected_map)
+
+
+def test_ties_keep_index_order() -> None:
+    # Items 1 and 2 are exact copies of query 0; item 1 (lower index) has another label.
+    x = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    assert recall_at_k(x[:3], np.array([0, 1, 0]), ks=(1, 2))[1] == pytest.approx(1 / 3)
+    # Query 0 misses at K = 1 (item 1 ranks first), hits at K = 2.
+    per_query = [recall_at_k(x, np.array([0, 1, 0, 2]), ks=(1, 2))]
+    assert per_query[0][2] > per_query[0][1]
+    # Swapping the labels of items 1 and 2 turns query 0's miss into a hit.
+    assert recall_at_k(x, np.array([0, 0, 1, 2]), ks=(1,))[1] > recall_at_k(x, np.array([0, 1, 0, 2]), ks=(1,))[1]
+
+
+def test_self_is_dropped_by_index_not_similarity() -> None:
+    # Two identical embeddings of the same class: each one's duplicate is its first neighbour.
+    x = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    assert recall_at_k(x, np.array([0, 0, 1, 1]), ks=(1,)) == {1: 1.0}
+    assert map_at_r(x, np.array([0, 0, 1, 1])) == 1.0
+
+
+def test_single_image_classes_miss_and_leave_map_at_r() -> None:
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1, 2])  # class 2 has a single image
+    assert recall_at_k(x, y, ks=(1, 4)) == {1: 0.8, 4: 0.8}
+    assert map_at_r(x, y) == 1.0  # the four queries with a positive are perfect
+    assert np.isnan(map_at_r(x[:1], y[:1])) and np.isnan(evaluate(x, np.arange(5), (1,))["map@r"])
+
+
+def test_k_larger_than_gallery_is_clamped() -> None:
+    x, y = integer_embeddings(10, classes=4)
+    has_positive = np.mean([(y == label).sum() > 1 for label in y])
+    result = recall_at_k(x, y, ks=(1, 9, 100))
+    assert list(result) == [1, 9, 100] and all(isinstance(k, int) for k in result)
+    assert result[100] == result[9] == pytest.approx(has_positive)
+    g, g_labels = x[:3], y[:3]
+    assert recall_at_k(x, y, ks=(50,), gallery=g, gallery_labels=g_labels)[50] == pytest.approx(np.isin(y, g_labels).mean())
+    assert recall_at_k(x[:1], y[:1], ks=(1,)) == {1: 0.0}  # a gallery of one item minus itself
+
+
+def test_matches_pytorch_metric_learning() -> None:
+    pml = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    x, y = unit_embeddings(300, d=8, classes=15, seed=3)
+    calc = pml.AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=torch.device("cpu")
+    )
+    oracle = calc.get_accuracy(x, y)  # leave-one-out: reference = query
+    assert recall_at_k(x, y, ks=(1,))[1] == pytest.approx(oracle["precision_at_1"], abs=1e-6)
+    assert map_at_r(x, y) == pytest.approx(oracle["mean_average_precision_at_r"], abs=1e-6)
+    g, g_labels = unit_embeddings(200, d=8, classes=15, seed=4)
+    oracle = calc.get_accuracy(x, y, g, g_labels, ref_includes_query=False)
+    assert recall_at_k(x, y, (1,), g, g_labels)[1] == pytest.approx(oracle["precision_at_1"], abs=1e-6)
+    assert map_at_r(x, y, g, g_labels) == pytest.approx(oracle["mean_average_precision_at_r"], abs=1e-6)
+
+
+def test_nmi_perfect_and_seeded() -> None:
+    y = np.repeat(np.arange(5), 6)
+    centres = np.eye(8, dtype=np.float32)[:5] * 10
+    x = centres[y] + np.random.default_rng(0).normal(scale=0.01, size=(30, 8)).astype(np.float32)
+    assert nmi(x, y) == pytest.approx(1.0)
+    noisy, labels = unit_embeddings(120, classes=6)
+    assert nmi(noisy, labels, seed=1) == nmi(noisy, labels, seed=1)
+    assert nmi(noisy[:3], np.zeros(3, dtype=int)) == pytest.approx(1.0)
+
+
+def test_evaluate_keys_and_values() -> None:
+    x, y = integer_embeddings(80)
+    metrics = evaluate(x, y, (1, 2, 4))
+    assert list(metrics) == ["recall@1", "recall@2", "recall@4", "map@r", "nmi"]
+    assert metrics["recall@2"] == recall_at_k(x, y, (2,))[2]
+    assert metrics["map@r"] == map_at_r(x, y)
+    assert "nmi" not in evaluate(x, y, (1,), with_nmi=False)
+
+
+@pytest.mark.parametrize(
+    ("emb", "labels", "message"),
+    [
+        (np.zeros((3, 2)), np.zeros(4), "shape"),
+        (np.zeros((0, 2)), np.zeros(0), "empty"),
+        (np.zeros(3), np.zeros(3), "2-D"),
+        (np.array([[np.nan, 1.0], [0.0, 1.0]]), np.zeros(2), "NaN"),
+        (np.eye(2), np.array([0.5, 1.0]), "integers"),
+    ],
+)
+def test_invalid_inputs(emb, labels, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        recall_at_k(emb, labels)
+
+
+def test_invalid_gallery_and_ks() -> None:
+    x, y = integer_embeddings(10)
+    with pytest.raises(ValueError, match="positive"):
+        recall_at_k(x, y, ks=(0, 1))
+    with pytest.raises(ValueError, match="gallery_labels"):
+        recall_at_k(x, y, gallery=x)
+    with pytest.raises(ValueError, match="D="):
+        recall_at_k(x, y, gallery=x[:, :3], gallery_labels=y)
+
+
+class TinyDataset(Dataset):
+    def __init__(self, n: int = 10) -> None:
+        self.images = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+        self.labels = [i % 3 for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], self.labels[i]
+
+
+class TinyModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.dropout(self.linear(x)), dim=1)
+
+
+def test_embed_in_order_eval_mode_restored() -> None:
+    torch.manual_seed(0)
+    model, data = TinyModel(), TinyDataset(10)
+    model.train()
+    emb, labels = embed(model, data, batch_size=4, progress=False)
+    assert emb.shape == (10, 4) and emb.dtype == np.float32
+    assert labels.dtype == np.int64 and labels.tolist() == data.labels
+    assert model.training  # restored
+    with torch.no_grad():  # eval mode: no dropout, rows in dataset order
+        expected = nn.functional.normalize(model.linear(data.images), dim=1).numpy()
+    np.testing.assert_allclose(emb, expected, atol=1e-6)
+    model.eval()
+    embed(model, data, batch_size=3, device="cpu", progress=False)
+    assert not model.training
+
+
+def test_embed_empty_dataset_raises() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        embed(TinyModel(), TinyDataset(0), progress=False)
