@@ -69,13 +69,28 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig, dict[str, Any]]:
     """The raw tensors, config and meta of a checkpoint; ValueError if it is not one."""
+    return _read(path, with_tensors=True)
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """The config and meta of a checkpoint without reading its tensors (model cards, listings).
+
+    Same errors as `read_checkpoint`: FileNotFoundError if missing, ValueError if not a checkpoint.
+    """
+    _, config, meta = _read(path, with_tensors=False)
+    return config, meta
+
+
+def _read(
+    path: str | os.PathLike, with_tensors: bool
+) -> tuple[dict[str, torch.Tensor], ModelConfig, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
-            tensors = {name: file.get_tensor(name) for name in file.keys()}
+            tensors = {name: file.get_tensor(name) for name in file.keys()} if with_tensors else {}
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"{path} is not a diablo checkpoint (not a valid safetensors file: {reason})") from None

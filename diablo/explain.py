@@ -36,8 +36,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import nn
+
+# captum (about 1 s to import) is imported inside the attribution functions, so that the overlay
+# helpers stay cheap to import (the app's first page uses them).
 
 METHODS = ("integrated_gradients", "gradcam")
 SIGNS = ("absolute", "positive")
@@ -142,6 +144,8 @@ def integrated_gradients(
 ) -> tuple[torch.Tensor, float]:
     """Raw IG attributions (1, 3, H, W) of s(query) against the zero baseline, and captum's
     convergence delta: sum(attributions) - (s(query) - s(0))."""
+    from captum.attr import IntegratedGradients
+
     x = _query(model, query)
     with attribution_mode(model):
         forward = SimilarityTarget(model, target, branch)
@@ -158,6 +162,8 @@ def integrated_gradients(
 
 def gradcam(model: nn.Module, query: torch.Tensor, target: torch.Tensor, branch: int | None = None) -> torch.Tensor:
     """Grad-CAM of s(query) on `gradcam_layer(model)`, upsampled to the image: (1, 1, H, W), >= 0."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
     x = _query(model, query)
     with attribution_mode(model):
         forward = SimilarityTarget(model, target, branch)
@@ -348,4 +354,70 @@ def entry_statistics(attention: torch.Tensor | Sequence[Any], channel: int | Non
         "mean_weight": a.mean(axis=(0, 2, 3, 4)),
         "entropy": entropy,
         "entropy_normalised": entropy / math.log(n) if n > 1 else 0.0,
+    }
+
+
+def dataset_entry_statistics(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 32,
+    channel: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """`entry_statistics` over a whole dataset of (image, label) items, batch by batch, plus
+    each entry's own mean entropy.
+
+    Returns the keys of `entry_statistics` ("share", "mean_weight", "entropy",
+    "entropy_normalised") over all places of all images, and:
+    - "entry_entropy" (N,): the mean assignment entropy (nats, channel mean for dimension-wise
+      attention) of the places whose arg-max entry is n; NaN for an entry that wins no place.
+    - "images": the number of images.
+    `progress(done, total)` is called after each batch. ValueError for the baseline (no attention).
+    """
+    from torch.utils.data import DataLoader
+
+    if getattr(model, "selection", None) is None:
+        raise ValueError("the baseline (attention='none') has no attention to summarise")
+    n = int(model.config.num_entries)
+    total = len(dataset)
+    if total == 0:
+        raise ValueError("cannot summarise the attention of an empty dataset")
+    device = next(model.parameters()).device
+    places = 0
+    counts = np.zeros(n, dtype=np.float64)  # places won by each entry
+    entropy_sums = np.zeros(n, dtype=np.float64)  # summed place entropies, by winning entry
+    weight_sums = np.zeros(n, dtype=np.float64)  # summed mean weights per image
+    was_training = model.training
+    model.eval()
+    done = 0
+    try:
+        with torch.inference_mode():
+            for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                a = model.inspect(images.to(device)).attention.double().cpu().numpy()  # (B, N, c, h, w)
+                if channel is not None:
+                    if not -a.shape[2] <= channel < a.shape[2]:
+                        raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
+                    a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
+                winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
+                p = np.clip(a, 0.0, None)
+                place_entropy = (-(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)).mean(axis=1)  # (B, h, w)
+                counts += np.bincount(winners.ravel(), minlength=n)
+                entropy_sums += np.bincount(winners.ravel(), weights=place_entropy.ravel(), minlength=n)
+                weight_sums += a.mean(axis=(2, 3, 4)).sum(axis=0)
+                places += winners.size
+                done += a.shape[0]
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        model.train(was_training)
+    entropy = max(float(entropy_sums.sum() / places), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        entry_entropy = np.where(counts > 0, entropy_sums / np.maximum(counts, 1), np.nan)
+    return {
+        "share": counts / places,
+        "mean_weight": weight_sums / done,
+        "entropy": entropy,
+        "entropy_normalised": entropy / math.log(n) if n > 1 else 0.0,
+        "entry_entropy": np.maximum(entry_entropy, 0.0),
+        "images": done,
     }

@@ -130,6 +130,11 @@ class SearchResult:
     similarities: np.ndarray  # (q, k) float32 full cosine similarity
     branch_similarities: np.ndarray  # (q, k, N) float32 cosine of each branch; mean over N = full
 
+    @property
+    def branch_shares(self) -> np.ndarray:
+        """(q, k, N) float32: each branch's part of the full similarity, cosine_n / N; sums over N to it."""
+        return self.branch_similarities / np.float32(max(1, self.branch_similarities.shape[-1]))
+
 
 class GalleryIndex:
     """A gallery's embeddings in a faiss IndexFlatIP, with labels, optional paths and a cache key."""
@@ -154,7 +159,9 @@ class GalleryIndex:
         self.num_branches = int(num_branches)
         self.key = str(key)
         self.paths = None if paths is None else [str(p) for p in paths]
-        self.embeddings = index.reconstruct_n(0, n) if n else np.zeros((0, dim), np.float32)  # (n, D)
+        self.embeddings = np.empty((n, dim), dtype=np.float32)  # (n, D)
+        if n:  # an explicit numpy output: faiss.contrib.torch_utils would return a tensor otherwise
+            index.reconstruct_n(0, n, self.embeddings)
 
     @classmethod
     def build(

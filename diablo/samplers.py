@@ -50,9 +50,7 @@ class ClassBalancedSampler(Sampler[list[int]]):
             raise ValueError("classes_per_batch and images_per_class must be >= 1")
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
-            raise ValueError(
-                f"{len(classes)} classes have images, fewer than classes_per_batch={classes_per_batch}"
-            )
+            raise ValueError(f"{len(classes)} classes have images, fewer than classes_per_batch={classes_per_batch}")
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(classes)))[:-1]
         self._members: list[np.ndarray] = np.split(order, bounds)  # class -> its dataset indices

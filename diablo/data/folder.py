@@ -42,9 +42,7 @@ def load_folder(
     base = Path(root).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"dataset 'folder': {base} does not exist or is not a folder")
-    subdirs = sorted(
-        (d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name
-    )
+    subdirs = sorted((d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     per_class = [(d.name, imgs) for d in subdirs if (imgs := _images(d))]
     if not per_class:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))

@@ -23,7 +23,9 @@ MIN_UPLOAD_SIDE = 16
 
 
 def _max_pixels(max_pixels: int | None) -> int | None:
-    return Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    """The effective limit: PIL's MAX_IMAGE_PIXELS, lowered to `max_pixels` if given."""
+    limits = [x for x in (Image.MAX_IMAGE_PIXELS, max_pixels) if x is not None]
+    return min(limits) if limits else None
 
 
 def _bomb_message(name: str, size: tuple[int, int] | None, limit: int | None) -> str:
@@ -85,7 +87,7 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     """Read an image file as an upright RGB PIL image.
 
     Raises FileNotFoundError for a missing file, ValueError for a decompression bomb (more
-    than `max_pixels`, default `PIL.Image.MAX_IMAGE_PIXELS`), and PIL's errors
+    pixels than `PIL.Image.MAX_IMAGE_PIXELS`, or than `max_pixels` if lower), and PIL's errors
     (`UnidentifiedImageError`, `OSError`) for unreadable or truncated files.
     """
     return _decode(os.fspath(path), os.fspath(path), max_pixels)

@@ -1,0 +1,62 @@
+"""The upload handling every page's picker calls (app.lab.read_upload), on hostile and odd bytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from conftest import png
+from PIL import Image
+
+from app import lab
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height, with one tiny compressed row (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"%PDF-1.4 definitely not an image", "not an image"),
+        (png((64, 64))[:120], "truncated"),
+        (_png_header_only(40_000, 40_000), "decompression bomb"),
+        (png((10, 64)), "too small"),
+    ],
+    ids=["empty", "not-an-image", "truncated", "bomb", "tiny"],
+)
+def test_refused_with_a_reason(data, reason):
+    with pytest.raises(ValueError, match=reason):
+        lab.read_upload(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "converted"),
+    [("I;16", "PNG", "I;16"), ("CMYK", "JPEG", "CMYK"), ("RGBA", "PNG", "RGBA"), ("L", "PNG", "L"),
+     ("P", "PNG", "P"), ("RGB", "JPEG", None)],
+)
+def test_converted_to_rgb(mode, fmt, converted):
+    image, note = lab.read_upload(png((40, 32), mode, fmt))
+    assert image.mode == "RGB" and image.size == (40, 32)
+    if converted:
+        assert f"converted from {converted}" in note
+    else:
+        assert "converted" not in note
+
+
+def test_exif_rotation_is_applied():
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    Image.new("RGB", (60, 30), "red").save(buffer, format="JPEG", exif=exif)
+    image, _ = lab.read_upload(buffer.getvalue())
+    assert image.size == (30, 60)

@@ -1,0 +1,156 @@
+"""diablo.train: a tiny end-to-end run, resume (also after a kill mid-epoch), divergence, CLI, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diablo
+from diablo import train as train_module
+from diablo.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Eight classes of 6 small images: a colour per class plus noise; classes 0-3 train, 4-7 test."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        (root / f"class{c}").mkdir()
+        colour = rng.integers(0, 255, 3)
+        for i in range(6):
+            pixels = np.clip(colour + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def flags(folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["--dataset", "folder", "--root", str(folder), "--backbone", "mobilenet_v2", "--pretrained", "none",
+            "--attention", "pre", "--selection", "dimension", "--entries", "2", "--embedding-dim", "16",
+            "--image-size", "32", "--classes-per-batch", "2", "--images-per-class", "3", "--epochs", "2",
+            "--steps-per-epoch", "2", "--workers", "0", "--lr", "1e-4", "--no-progress", "--out", str(out), *extra]
+
+
+def run(argv: list[str]) -> int:
+    return train_module.main(argv)
+
+
+def test_end_to_end_writes_checkpoints_and_metrics(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(flags(folder, out)) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all(np.isfinite(line["loss"]) and 0 <= line["recall@1"] <= 1 for line in lines)
+    model, cfg, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert cfg.num_entries == 2 and cfg.selection == "dimension"
+    assert meta["epoch"] == 2 and meta["step"] == 4 and len(meta["history"]) == 2
+    assert meta["train_config"]["dataset"] == "folder" and meta["git_commit"]
+    _, _, best = diablo.load_checkpoint(out / "best.safetensors", device="cpu")
+    assert best["history"][-1]["recall@1"] == max(line["recall@1"] for line in lines)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["out"] == str(out)
+
+
+def test_resume_continues_from_last(folder, tmp_path):
+    out = tmp_path / "run"
+    assert run(flags(folder, out, "--epochs", "1")) == 0
+    assert run(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["epoch"] == 2 and meta["step"] == 4
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+
+
+def test_resume_restores_the_optimiser(folder, tmp_path):
+    out = tmp_path / "run"
+    assert run(flags(folder, out, "--epochs", "1")) == 0
+    config = TrainConfig(**diablo.load_checkpoint(out / "last.safetensors", device="cpu")[2]["train_config"])
+    model = diablo.build_model(config.model_config())
+    opt = train_module.optimiser(model, config)
+    epoch, step = train_module.load_train_state(out / "train_state.safetensors", opt)
+    assert (epoch, step) == (1, 2)
+    moments = [s for s in opt.state_dict()["state"].values()]
+    assert moments and all(float(s["step"]) == 2 for s in moments)
+
+
+def test_killed_mid_epoch_then_resumed_ends_with_a_valid_checkpoint(folder, tmp_path):
+    out = tmp_path / "run"
+    argv = flags(folder, out, "--epochs", "3", "--steps-per-epoch", "40")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "diablo.train", *argv], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "last.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside epoch 2
+    if proc.poll() is not None:
+        pytest.fail(f"training ended before it could be killed (rc={proc.returncode})")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["epoch"] == 1
+    assert run(["--resume", str(out), "--no-progress", "--steps-per-epoch", "2"]) == 0
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["epoch"] == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert run(flags(folder, out, "--epochs", "1")) == 0
+    before = (out / "last.safetensors").read_bytes()
+
+    class NaNLoss:
+        def __call__(self, z, labels):
+            return z.sum() * float("nan")
+
+    monkeypatch.setattr(train_module, "build_loss", lambda name: NaNLoss())
+    assert run(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 1
+    assert "loss is nan" in capsys.readouterr().err
+    assert (out / "last.safetensors").read_bytes() == before
+
+
+def test_preset_and_flags():
+    config, resume = train_module.config_from_args(["--preset", "cub", "--epochs", "3", "--amp"])
+    assert not resume
+    assert (config.dataset, config.backbone, config.lr, config.image_size) == ("cub", "googlenet", 1e-5, 256)
+    assert (config.classes_per_batch, config.images_per_class, config.epochs, config.amp) == (8, 10, 3, True)
+    config, _ = train_module.config_from_args(["--entries", "4", "--embedding-dim", "64"])
+    assert config.model_config().num_entries == 4
+
+
+@pytest.mark.parametrize("argv", [["--entries", "3"], ["--loss", "hinge"], ["--backbone", "vgg"],
+                                  ["--lr", "-1"], ["--epochs", "x"], ["--unknown-flag"], ["--resume", "/nope"]])
+def test_bad_flags_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_module.config_from_args(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_missing_dataset_says_what_is_missing(tmp_path, capsys):
+    argv = ["--dataset", "cub", "--root", str(tmp_path / "CUB_200_2011"), "--pretrained", "none",
+            "--backbone", "mobilenet_v2", "--no-progress", "--out", str(tmp_path / "run")]
+    assert run(argv) == 2
+    assert "CUB_200_2011" in capsys.readouterr().err
+
+
+def test_torchrun_two_gloo_processes(folder, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "diablo.train", *flags(folder, out, "--device", "cpu")]
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["epoch"] == 2 and meta["step"] == 4
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
