@@ -112,8 +112,13 @@ def _load_weights(name: str, net: nn.Module, pretrained: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"cannot read pretrained weights {path}: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of torchvision's {name}")
     state = {k: v for k, v in state.items() if not k.startswith("aux")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches (e.g. a classifier with other classes)
+        raise ValueError(f"{path} does not match torchvision's {name}: {error}") from error
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match torchvision's {name}: missing {missing[:3]}, unexpected {unexpected[:3]}"

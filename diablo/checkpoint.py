@@ -107,9 +107,9 @@ def _read(
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "auto"
 ) -> tuple[DiabloNet, ModelConfig, dict[str, Any]]:
-    """Rebuild the model from the stored config (pretrained="none": no backbone weights needed)."""
+    """Rebuild the model from the stored config; never reads backbone weights."""
     tensors, config, meta = read_checkpoint(path)
-    model = build_model(config.replace(pretrained="none"))
+    model = build_model(config, load_pretrained=False)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -34,7 +34,8 @@ class ModelConfig:
     # Feed psi / pool N * A ⊙ F instead of A ⊙ F so that uniform attention reproduces the
     # pretrained backbone (DESIGN.md §7); a reparametrisation of psi, not a change of Eq 9 / 13.
     rescale: bool = True
-    # Keep the backbone's BatchNorm layers on their running statistics (common DML practice).
+    # Keep the backbone's BatchNorm layers on their pretrained running statistics (common DML
+    # practice); ignored with pretrained="none", whose initial statistics would collapse the features.
     freeze_bn: bool = True
 
     def __post_init__(self) -> None:
@@ -42,9 +43,9 @@ class ModelConfig:
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
-        if not isinstance(self.num_entries, int) or self.num_entries < 1:
+        if not isinstance(self.num_entries, int) or isinstance(self.num_entries, bool) or self.num_entries < 1:
             raise ValueError(f"num_entries must be a positive int, got {self.num_entries!r}")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
+        if not isinstance(self.embedding_dim, int) or isinstance(self.embedding_dim, bool) or self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be a positive int, got {self.embedding_dim!r}")
         if self.attention != "none" and self.embedding_dim % self.num_entries:
             raise ValueError(
@@ -121,6 +122,8 @@ class TrainConfig:
     steps_per_epoch: int = 200
     # Square crop size of training and test images (paper: 256).
     image_size: int = 256
+    # Use at most this many images of each class, in train and evaluation sets (0: all); for quick runs.
+    max_per_class: int = 0
     # Share of the training classes held out for model selection (paper §4.2: 0.5); 0 selects on the test split.
     val_fraction: float = 0.0
     seed: int = 0
@@ -151,8 +154,8 @@ class TrainConfig:
             raise ValueError("images_per_class must be >= 2 (a batch needs positive pairs)")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.workers < 0 or self.max_steps < 0 or self.weight_decay < 0:
-            raise ValueError("workers, max_steps and weight_decay must be >= 0")
+        if min(self.workers, self.max_steps, self.max_per_class, self.weight_decay) < 0:
+            raise ValueError("workers, max_steps, max_per_class and weight_decay must be >= 0")
         self.model_config()  # validates the model fields
 
     def model_config(self) -> ModelConfig:

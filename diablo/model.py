@@ -42,10 +42,10 @@ class BranchEmbedding(nn.Module):
 class DiabloNet(nn.Module):
     """F, phi, S, M, psi, then per-branch pooling and embedding (Fig. 1, §3.1)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
-        split = build_backbone(config.backbone, config.pretrained, config.attention)
+        split = build_backbone(config.backbone, config.pretrained if load_pretrained else "none", config.attention)
         self.features = split.features  # F
         self.phi = split.phi  # phi, or None for the baseline
         self.psi = split.psi  # psi, or Identity for the baseline
@@ -73,9 +73,10 @@ class DiabloNet(nn.Module):
         return None if self.selection is None else self.selection.alpha
 
     def train(self, mode: bool = True) -> DiabloNet:
-        """Like nn.Module.train, but the backbone's BatchNorm keeps its running statistics when frozen."""
+        """Like nn.Module.train, but the backbone's BatchNorm keeps its pretrained running statistics
+        when frozen (a randomly initialised backbone has none worth keeping: it trains them)."""
         super().train(mode)
-        if self.config.freeze_bn:
+        if self.config.freeze_bn and self.config.pretrained != "none":
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -110,6 +111,7 @@ class DiabloNet(nn.Module):
         return Inspection(values, phi, attention, branches, embedding)
 
 
-def build_model(config: ModelConfig) -> DiabloNet:
-    """The DiabloNet that `config` describes."""
-    return DiabloNet(config)
+def build_model(config: ModelConfig, load_pretrained: bool = True) -> DiabloNet:
+    """The DiabloNet that `config` describes; `load_pretrained=False` skips reading the backbone
+    weights (when a checkpoint's weights follow), keeping `config.pretrained` as recorded."""
+    return DiabloNet(config, load_pretrained)

@@ -58,22 +58,26 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------- data
 
 
+def dataset(config: TrainConfig, split: str, train: bool) -> Any:
+    """One split, limited to `max_per_class` images of each class when set."""
+    transform = build_transform(train=train, image_size=config.image_size)
+    data = load_dataset(config.dataset, split=split, root=config.root, transform=transform)
+    return ClassSubset(data, per_class=config.max_per_class) if config.max_per_class else data
+
+
 def evaluation_sets(config: TrainConfig) -> tuple[Any, Any | None]:
     """(queries, gallery or None): validation classes, or the test split (In-Shop: query vs gallery)."""
-    test = build_transform(train=False, image_size=config.image_size)
     if config.val_fraction > 0:
-        full = load_dataset(config.dataset, split="train", root=config.root, transform=test)
+        full = dataset(config, "train", train=False)
         _, held = split_classes(full.labels, config.val_fraction, config.seed)
         return ClassSubset(full, held), None
     if config.dataset == "inshop":
-        return (load_dataset("inshop", split="query", root=config.root, transform=test),
-                load_dataset("inshop", split="gallery", root=config.root, transform=test))
-    return load_dataset(config.dataset, split="test", root=config.root, transform=test), None
+        return dataset(config, "query", train=False), dataset(config, "gallery", train=False)
+    return dataset(config, "test", train=False), None
 
 
 def training_set(config: TrainConfig) -> Any:
-    train = load_dataset(config.dataset, split="train", root=config.root,
-                         transform=build_transform(train=True, image_size=config.image_size))
+    train = dataset(config, "train", train=True)
     if config.val_fraction > 0:
         kept, _ = split_classes(train.labels, config.val_fraction, config.seed)
         return ClassSubset(train, kept)
@@ -152,7 +156,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     model_config = config.model_config()
-    model = build_model(model_config).to(device)
+    model = build_model(model_config, load_pretrained=not resume).to(device)
     opt = optimiser(model, config)
     epoch, step, history = 0, 0, []
     if resume:

@@ -166,6 +166,21 @@ def test_state_dict_of_another_network_raises_value_error(tmp_path: Path) -> Non
         build_backbone("googlenet", str(other), "pre")
 
 
+@pytest.mark.parametrize("payload", [torch.zeros(3), [1, 2, 3]], ids=["tensor", "list"])
+def test_pth_without_a_state_dict_raises_value_error(tmp_path: Path, payload: object) -> None:
+    path = tmp_path / "not_a_state_dict.pth"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="not a state dict"):
+        build_backbone("mobilenet_v2", str(path), "pre")
+
+
+def test_state_dict_with_other_shapes_raises_value_error(tmp_path: Path) -> None:
+    path = tmp_path / "mobilenet_200_classes.pth"
+    torch.save(models.mobilenet_v2(weights=None, num_classes=200).state_dict(), path)
+    with pytest.raises(ValueError, match="does not match"):
+        build_backbone("mobilenet_v2", str(path), "post")
+
+
 def test_unknown_backbone_raises() -> None:
     with pytest.raises(ValueError, match="googlenet"):
         build_backbone("resnet50", "none", "pre")

@@ -27,7 +27,7 @@ def pairs(labels: list[int]) -> tuple[list[tuple[int, int]], list[tuple[int, int
 
 
 def dot(u: list[float], v: list[float]) -> float:
-    return sum(a * b for a, b in zip(u, v))
+    return sum(a * b for a, b in zip(u, v, strict=True))
 
 
 def mean(xs: list[float]) -> float:

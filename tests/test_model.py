@@ -188,7 +188,8 @@ def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("freeze_bn", [True, False])
 @pytest.mark.parametrize("attention", ["pre", "none"])
 def test_freeze_bn_keeps_running_statistics(attention: str, freeze_bn: bool) -> None:
-    model = _well_scaled(diablo.build_model(_config("mobilenet_v2", attention, "feature", freeze_bn=freeze_bn)))
+    config = _config("mobilenet_v2", attention, "feature", freeze_bn=freeze_bn).replace(pretrained="imagenet")
+    model = diablo.build_model(config)
     model.train()
     assert model.training
     before = _bn_buffers(model)
@@ -204,6 +205,13 @@ def test_freeze_bn_keeps_running_statistics(attention: str, freeze_bn: bool) -> 
     model.eval()
     model.train(True)  # a second train() must freeze again
     assert all(not m.training for m in norms) == freeze_bn
+
+
+def test_random_init_trains_its_batch_norm_even_when_frozen() -> None:
+    """Frozen initial statistics (mean 0, var 1) would collapse a random backbone's features."""
+    model = diablo.build_model(_config("mobilenet_v2", "none", "feature", freeze_bn=True)).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.training for m in norms)
 
 
 def _uniform_selection(model: diablo.DiabloNet, monkeypatch: pytest.MonkeyPatch) -> None:

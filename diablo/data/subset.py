@@ -10,12 +10,19 @@ from torch.utils.data import Dataset
 
 
 class ClassSubset(Dataset):
-    """The items of `dataset` whose label is in `class_ids`; labels and class names kept."""
+    """The items of `dataset` whose label is in `class_ids` (None: all), at most `per_class` of each
+    (the first ones, None: all); labels and class names kept."""
 
-    def __init__(self, dataset: Any, class_ids: Iterable[int]) -> None:
-        keep = set(int(c) for c in class_ids)
+    def __init__(self, dataset: Any, class_ids: Iterable[int] | None = None, per_class: int | None = None) -> None:
+        keep = None if class_ids is None else {int(c) for c in class_ids}
+        taken: dict[int, int] = {}
         self.dataset = dataset
-        self.indices = [i for i, label in enumerate(dataset.labels) if int(label) in keep]
+        self.indices = []
+        for i, label in enumerate(dataset.labels):
+            label = int(label)
+            if (keep is None or label in keep) and (per_class is None or taken.get(label, 0) < per_class):
+                taken[label] = taken.get(label, 0) + 1
+                self.indices.append(i)
         self.labels = [int(dataset.labels[i]) for i in self.indices]
         self.classes = dataset.classes
 
