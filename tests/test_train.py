@@ -64,7 +64,7 @@ def test_end_to_end_writes_checkpoints_and_metrics(folder, tmp_path, capsys):
 
 def test_resume_continues_from_last(folder, tmp_path):
     out = tmp_path / "run"
-    assert run(flags(folder, out, "--epochs", "1")) == 0
+    assert run(flags(folder, out, "--epochs", "1", "--amp")) == 0  # bfloat16 autocast, here on the CPU
     assert run(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
     assert meta["epoch"] == 2 and meta["step"] == 4

@@ -9,11 +9,16 @@ demo-*.safetensors to run the same tests on real checkpoints instead of the stan
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `import app` however pytest was started
+    sys.path.insert(0, str(REPO))
+
+MAIN = str(REPO / "app" / "main.py")
 TIMEOUT = 240  # seconds for one AppTest run (the first run builds the gallery and loads models)
 VARIANTS = {  # the demo names: (attention, selection)
     "demo-baseline": ("none", "feature"),
@@ -82,40 +87,3 @@ def app(lab_env: dict[str, Path]):
     from streamlit.testing.v1 import AppTest
 
     return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-
-
-def open_page(app, page: str):
-    """Run the app once, switch to app/pages/<page>.py and run it; returns the AppTest."""
-    app.run()
-    app.switch_page(f"pages/{page}.py")
-    app.run()
-    return app
-
-
-def assert_ok(app) -> None:
-    """No uncaught exception in the last run."""
-    assert not app.exception, [e.message for e in app.exception]
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
-
-
-def png(size: tuple[int, int] = (48, 48), mode: str = "RGB", fmt: str = "PNG") -> bytes:
-    """Image file bytes of a small gradient in the given PIL mode and format."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    w, h = size
-    ramp = (np.add.outer(np.arange(h), np.arange(w)) * 255 // max(1, w + h - 2)).astype(np.uint8)
-    rgb = np.stack([ramp, ramp[::-1], 255 - ramp], axis=-1)
-    image = Image.fromarray(rgb, "RGB")
-    if mode == "I;16":
-        image = Image.fromarray(ramp.astype(np.uint16) * 257)  # mode I;16
-    elif mode != "RGB":
-        image = image.convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()

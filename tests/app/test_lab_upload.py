@@ -7,7 +7,7 @@ import struct
 import zlib
 
 import pytest
-from conftest import png
+from lab_testing import png
 from PIL import Image
 
 from app import lab

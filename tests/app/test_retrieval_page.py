@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import assert_ok, open_page, png, texts
+from lab_testing import assert_ok, open_page, png, texts
 
 
 def result_captions(app) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_ok, open_page, texts
+from lab_testing import assert_ok, open_page, texts
 
 from app import lab
 

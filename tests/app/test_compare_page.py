@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import assert_ok, open_page, texts
+from lab_testing import assert_ok, open_page, texts
 
 
 def test_defaults_side_by_side(app):

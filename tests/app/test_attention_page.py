@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import assert_ok, png, texts
+from lab_testing import assert_ok, png, texts
 
 
 def captions(app) -> list[str]:

@@ -1,0 +1,40 @@
+"""Helpers of the app tests (kept out of conftest.py so that test modules can import them by name)."""
+
+from __future__ import annotations
+
+
+def open_page(app, page: str):
+    """Run the app once, switch to app/pages/<page>.py and run it; returns the AppTest."""
+    app.run()
+    app.switch_page(f"pages/{page}.py")
+    app.run()
+    return app
+
+
+def assert_ok(app) -> None:
+    """No uncaught exception in the last run."""
+    assert not app.exception, [e.message for e in app.exception]
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def png(size: tuple[int, int] = (48, 48), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """Image file bytes of a small gradient in the given PIL mode and format."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    ramp = (np.add.outer(np.arange(h), np.arange(w)) * 255 // max(1, w + h - 2)).astype(np.uint8)
+    rgb = np.stack([ramp, ramp[::-1], 255 - ramp], axis=-1)
+    image = Image.fromarray(rgb, "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(ramp.astype(np.uint16) * 257)  # mode I;16
+    elif mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
