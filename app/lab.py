@@ -615,8 +615,12 @@ def thumbnail(gallery: Gallery, index: int, size: int = THUMBNAIL) -> np.ndarray
     return _thumbnail(gallery.path(index), size)
 
 
-def _browser(page: str, gallery: Gallery, per_page: int = 12, columns: int = 6) -> None:
-    """A paged grid of gallery thumbnails, each with a button that picks it."""
+def _browser(page: str, gallery: Gallery, per_page: int = 12, columns: int = 2) -> None:
+    """A paged grid of gallery thumbnails, each with a button that picks it.
+
+    `columns` suits the picker's column: 2 in the pages' narrow (1/4 wide) picker column, where
+    6 made 20-pixel thumbnails, captions one letter wide and empty buttons.
+    """
     names = ["All classes", *gallery.classes]
     chosen = st.selectbox("Class", names, key=f"{page}_browse_class")
     if chosen == "All classes":
@@ -630,10 +634,10 @@ def _browser(page: str, gallery: Gallery, per_page: int = 12, columns: int = 6) 
     for start in range(0, len(shown), columns):
         for column, i in zip(st.columns(columns), shown[start : start + columns], strict=False):
             column.image(thumbnail(gallery, i), caption=f"#{i} {gallery.class_name(i)}", width="stretch")
-            column.button(f"Pick #{i}", key=f"{page}_pick_{i}", on_click=_choose, args=(page, i))
+            column.button(f"Pick #{i}", key=f"{page}_pick_{i}", on_click=_choose, args=(page, i), width="stretch")
 
 
-def pick_image(page: str, gallery: Gallery | None, label: str = "Image") -> Picked | None:
+def pick_image(page: str, gallery: Gallery | None, label: str = "Image", browse_columns: int = 2) -> Picked | None:
     """The image picker: a gallery item (by number or from the grid) or an upload.
 
     Returns None (after saying why) when there is nothing usable yet, e.g. a refused upload.
@@ -653,7 +657,7 @@ def pick_image(page: str, gallery: Gallery | None, label: str = "Image") -> Pick
         on_change=_remember, args=(item_key,),
     )
     with st.expander("Browse the gallery"):
-        _browser(page, gallery)
+        _browser(page, gallery, columns=browse_columns)
     index = int(st.session_state[item_key])
     st.session_state[PICKED] = index
     try:
@@ -1001,7 +1005,8 @@ def sidebar() -> Context:
             names = list(found)
             if st.session_state.get("checkpoint") not in names:
                 st.session_state["checkpoint"] = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else names[0]
-            choice = st.selectbox("Checkpoint", names, key="checkpoint")
+            choice = st.selectbox("Checkpoint", names, key="checkpoint",
+                                  format_func=lambda name: name.removesuffix(".safetensors"))
         else:
             st.caption(f"No checkpoints in {checkpoint_dir()}.")
         typed = st.text_input("…or a checkpoint path", key="checkpoint_path",

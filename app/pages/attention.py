@@ -41,17 +41,17 @@ if view.attention is None:
 entries, channels = view.attention.shape[:2]
 colormaps = sorted(explain.COLORMAPS)
 with view_column:
-    controls = st.columns(4)
+    controls = st.columns(4, vertical_alignment="bottom")  # the toggle on the inputs' line, not the labels'
     colormap = controls[0].selectbox("Colormap", colormaps, index=colormaps.index("jet"), key="attention_colormap")
     opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attention_opacity")
     entry = controls[2].selectbox(
         "Entry in focus", list(range(entries)), format_func=lambda n: f"entry {n}", key="attention_entry"
     )
-    stretch = controls[3].toggle("Stretch each map", key="attention_stretch",
+    stretch = controls[3].toggle("Stretch maps", value=True, key="attention_stretch",
                                  help="Scale each entry's map by its own maximum instead of showing raw weights")
     channel = None
     if channels > 1:  # dimension-wise selection: one weight per channel
-        modes = st.columns(4)
+        modes = st.columns([2, 1, 1])  # room for the two radio options side by side
         mode = modes[0].radio("Channels", ["Mean over channels", "One channel"], key="attention_channel_mode",
                               horizontal=True)
         if mode == "One channel":

@@ -29,7 +29,7 @@ chosen = []
 for column, default, label, key in zip(picks, DEFAULTS, ("First checkpoint", "Second checkpoint"),
                                        ("compare_a", "compare_b"), strict=True):
     if st.session_state.get(key) not in names:
-        fallback = names[min(len(chosen), len(names) - 1)]
+        fallback = next((n for n in names if n not in chosen), names[0])  # not the first one twice
         st.session_state[key] = default if default in names else fallback
     chosen.append(column.selectbox(label, names, key=key))
 
@@ -47,7 +47,7 @@ first_gallery = next((g for g in galleries if g is not None), None)
 
 settings = st.columns([2, 1, 1, 1])
 with settings[0]:
-    picked = lab.pick_image("compare", first_gallery)
+    picked = lab.pick_image("compare", first_gallery, browse_columns=3)
 colormaps = sorted(explain.COLORMAPS)
 colormap = settings[1].selectbox("Colormap", colormaps, index=colormaps.index("jet"), key="compare_colormap")
 opacity = settings[2].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="compare_opacity")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.colors import qualitative
 
 if (_root := str(Path(__file__).resolve().parents[2])) not in sys.path:
     sys.path.insert(0, _root)  # a deep link on a fresh server runs this page without app/main.py
@@ -70,11 +71,13 @@ hover = [f"{gallery.class_name(i)}<br>{gallery.file_name(i)} (#{i})" for i in ra
 trace = go.Scattergl if len(gallery) > 5000 else go.Scatter
 fig = go.Figure()
 if len(np.unique(labels)) <= 40:
-    for label in np.unique(labels):
+    palette = qualitative.Dark24 + qualitative.Light24  # plotly's default 10 colours repeat from the 11th class
+    for n, label in enumerate(np.unique(labels)):
         ids = np.flatnonzero(labels == label)
         fig.add_trace(trace(x=points[ids, 0], y=points[ids, 1], mode="markers", name=classes[label],
                             customdata=ids, hovertext=[hover[i] for i in ids],
-                            hovertemplate="%{hovertext}<extra></extra>", marker=dict(size=7, opacity=0.85)))
+                            hovertemplate="%{hovertext}<extra></extra>",
+                            marker=dict(size=7, opacity=0.85, color=palette[n % len(palette)])))
 else:  # too many classes for a legend: one trace coloured by label
     ids = np.arange(len(gallery))
     fig.add_trace(trace(x=points[:, 0], y=points[:, 1], mode="markers", customdata=ids, hovertext=hover,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -47,10 +48,12 @@ if histories:
     loss_fig = go.Figure()
     metric_fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+    last_epoch = 1
     for c, (name, card) in enumerate(histories.items()):
         short = name.removesuffix(".safetensors")
         rows = card.history
         epochs = [row.get("epoch", i + 1) for i, row in enumerate(rows)]
+        last_epoch = max([last_epoch, *(e for e in epochs if isinstance(e, int | float))])
         if any("loss" in row for row in rows):
             loss_fig.add_trace(go.Scatter(x=epochs, y=[row.get("loss") for row in rows], mode="lines+markers",
                                           name=short, connectgaps=True))
@@ -66,8 +69,8 @@ if histories:
                            showlegend=True, legend=dict(orientation="h", y=-0.25))
     metric_fig.update_layout(title="Recall@K and MAP@R per epoch (%)", xaxis_title="epoch", yaxis_title="%",
                              height=420, legend=dict(orientation="h", y=-0.25))
-    for fig in (loss_fig, metric_fig):
-        fig.update_xaxes(tickformat="d")
+    for fig in (loss_fig, metric_fig):  # whole epochs: plotly's own ticks at 1.5, 2.5 printed "2", "3" twice
+        fig.update_xaxes(tickformat="d", tick0=1, dtick=max(1, math.ceil(last_epoch / 10)))
     charts = st.columns(2)
     with charts[0]:
         lab.show_figure(loss_fig, "training-loss", key="training_loss_chart")
