@@ -8,9 +8,9 @@ Adam 1e-4 and 10x for the new layers) for `--steps` class-balanced batches, then
 MAP@R on the unseen test classes. Prints mean and std over seeds. On `synthetic` it also prints
 the attention localisation of each variant (seed 0): each dictionary entry's share of attention
 mass on the object and on each part, from the part masks, beside the area share (chance).
-`--alphas` adds a sweep of alpha for pre-attention + dimension-wise selection (seed 0): R@1 and
-the mean normalised assignment entropy. Results are appended to OUT/results.jsonl, so an
-interrupted run continues where it stopped.
+`--alphas` adds a sweep of alpha for pre-attention + dimension-wise selection on the first
+dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy. Results are
+appended to OUT/results.jsonl, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -51,16 +51,15 @@ def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: flo
             "recall@1": record["recall@1"], "map@r": record["map@r"], "out": config.out}
 
 
-def attention_of(checkpoint: Path, images: int = 240) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Attention maps of a checkpoint on the synthetic test split, with the part masks."""
-    model, config, _ = diablo.load_checkpoint(checkpoint, device="cpu")
-    data = diablo.load_dataset("synthetic", split="test", transform=build_transform(False, 128))
+def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240) -> tuple[torch.Tensor, object]:
+    """Attention maps of a checkpoint on `images` test images spread over the classes, and the subset."""
+    model, _, _ = diablo.load_checkpoint(checkpoint, device="cpu")
+    data = diablo.load_dataset(dataset, split="test", transform=build_transform(False, SETTINGS[dataset]["image_size"]))
     subset = ClassSubset(data, per_class=max(1, images // len(set(data.labels))))
     x = torch.stack([subset[i][0] for i in range(len(subset))])
     with torch.inference_mode():
         attention = torch.cat([model.inspect(chunk).attention for chunk in x.split(40)])
-    masks = torch.from_numpy(np.stack([data.mask(i) for i in subset.indices]))
-    return attention, masks, list(data.part_names)
+    return attention, subset
 
 
 def main() -> None:
@@ -80,7 +79,7 @@ def main() -> None:
     key = lambda r: (r["dataset"], r["variant"], r["seed"], r["steps"], r["alpha"])  # noqa: E731
     seen = {key(r) for r in done}
     jobs = [(d, v, s, 10.0) for d in args.datasets for s in args.seeds for v in args.variants]
-    jobs += [("synthetic", "pre-dimension", args.seeds[0], a) for a in args.alphas]
+    jobs += [(args.datasets[0], "pre-dimension", args.seeds[0], a) for a in args.alphas]
     for dataset, variant, seed, alpha in jobs:
         if (dataset, variant, seed, args.steps, alpha) in seen:
             continue
@@ -109,20 +108,21 @@ def main() -> None:
                         ("synthetic", variant, args.seeds[0], args.steps, 10.0)), None)
             if row is None:
                 continue
-            attention, masks, parts = attention_of(Path(row["out"]) / "last.safetensors")
-            loc = localise(attention, masks, parts)
+            attention, subset = attention_of(Path(row["out"]) / "last.safetensors")
+            masks = torch.from_numpy(np.stack([subset.dataset.mask(i) for i in subset.indices]))
+            loc = localise(attention, masks, list(subset.dataset.part_names))
             print(f"\n{variant}: " + " ".join(f"{name:>7}" for name in loc.regions))
             print("  area  " + " ".join(f"{100 * v:7.1f}" for v in loc.area))
             for n, shares in enumerate(loc.mass):
                 print(f"  e{n:<4} " + " ".join(f"{100 * v:7.1f}" for v in shares))
 
-    sweep = [r for r in done if r["variant"] == "pre-dimension" and r["steps"] == args.steps
-             and r["alpha"] in args.alphas and r["seed"] == args.seeds[0]]
-    if sweep:
-        print("\nalpha sweep, synthetic, pre-attention + dimension-wise, seed", args.seeds[0])
+    sweep = [r for r in done if (r["dataset"], r["variant"], r["steps"], r["seed"]) ==
+             (args.datasets[0], "pre-dimension", args.steps, args.seeds[0]) and r["alpha"] in {*args.alphas, 10.0}]
+    if args.alphas and sweep:
+        print(f"\nalpha sweep, {args.datasets[0]}, pre-attention + dimension-wise, seed", args.seeds[0])
         print(f"{'alpha':>6} {'R@1':>6} {'MAP@R':>6} {'entropy/log N':>14}")
         for r in sorted(sweep, key=lambda r: r["alpha"]):
-            attention, _, _ = attention_of(Path(r["out"]) / "last.safetensors", images=120)
+            attention, _ = attention_of(Path(r["out"]) / "last.safetensors", args.datasets[0], images=120)
             entropy = entry_statistics(attention)["entropy_normalised"]
             print(f"{r['alpha']:6g} {100 * r['recall@1']:6.1f} {100 * r['map@r']:6.1f} {entropy:14.3f}")
 

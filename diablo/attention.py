@@ -64,10 +64,6 @@ class Selection(nn.Module):
         """The hardness of Eq 7 / 11: a float, or a positive tensor when learned."""
         return self.log_alpha.exp() if self.learn_alpha else self.fixed_alpha
 
-    @property
-    def num_entries(self) -> int:
-        return self.dictionary.shape[0]
-
     def similarity(self, phi: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -29,15 +29,14 @@ class Cut:
     phi: int
     values_channels: int  # c of the map the attention weights: F (pre) or G = psi(F) (post)
     phi_channels: int  # m
-    out_channels: int  # channels of the map that is pooled
 
 
 # Indices into `_layers(backbone)`; channel counts are checked by the tests.
 CUTS: dict[tuple[str, str], Cut] = {
-    ("googlenet", "pre"): Cut(f=9, phi=14, values_channels=480, phi_channels=832, out_channels=1024),
-    ("googlenet", "post"): Cut(f=15, phi=17, values_channels=1024, phi_channels=1024, out_channels=1024),
-    ("mobilenet_v2", "pre"): Cut(f=11, phi=14, values_channels=64, phi_channels=96, out_channels=1280),
-    ("mobilenet_v2", "post"): Cut(f=17, phi=18, values_channels=1280, phi_channels=320, out_channels=1280),
+    ("googlenet", "pre"): Cut(f=9, phi=14, values_channels=480, phi_channels=832),
+    ("googlenet", "post"): Cut(f=15, phi=17, values_channels=1024, phi_channels=1024),
+    ("mobilenet_v2", "pre"): Cut(f=11, phi=14, values_channels=64, phi_channels=96),
+    ("mobilenet_v2", "post"): Cut(f=17, phi=18, values_channels=1280, phi_channels=320),
 }
 OUT_CHANNELS = {"googlenet": 1024, "mobilenet_v2": 1280}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from diablo.config import ModelConfig
+from diablo.files import atomic_write
 from diablo.model import DiabloNet, build_model
 
 FORMAT_VERSION = "1"
@@ -54,17 +54,7 @@ def save_checkpoint(
         "model_config": json.dumps(config.to_dict()),
         "meta": json.dumps(meta or {}, default=str),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig, dict[str, Any]]:
@@ -123,9 +113,3 @@ def load_checkpoint(
             )
     model.load_state_dict({name: t.to(expected[name].dtype) for name, t in tensors.items()})
     return model.to(resolve_device(device)).eval(), config, meta
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -3,7 +3,9 @@
     python -m diablo.evaluate --checkpoint runs/cub/best.safetensors --dataset cub --root data/CUB_200_2011
 
 The K list is the dataset's (paper §5). Leave-one-out over the split, except In-Shop, whose
-"query" split searches its "gallery" split. --json OUT also writes the metrics as JSON.
+"query" split searches its "gallery" split. Images are resized to --image-size, by default the
+size the checkpoint was trained at (else the dataset's default). --json OUT also writes the
+metrics as JSON.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_KS = (1, 2, 4, 8)
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diablo.evaluate", description=__doc__.splitlines()[0])
@@ -24,7 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="cub, cars, sop, inshop, synthetic, folder")
     parser.add_argument("--root", default=None, help="the dataset's directory")
     parser.add_argument("--split", default="test", help="the split to search (In-Shop: query vs gallery)")
-    parser.add_argument("--image-size", type=int, default=128, help="test images are resized to this")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="test images are resized to this (default: the checkpoint's training size, else the dataset's)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
@@ -34,15 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def trained_image_size(meta: Any) -> int | None:
+    """The image size a checkpoint was trained at (its meta's train_config), None if unrecorded."""
+    train = meta.get("train_config") if isinstance(meta, dict) else None
+    size = train.get("image_size") if isinstance(train, dict) else None
+    return int(size) if size else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load, embed, score; returns the report written as JSON."""
     import diablo
-    from diablo.data import K_LIST
+    from diablo.data import default_image_size, k_list
     from diablo.evaluation import embed, evaluate
 
-    model, _cfg, _meta = diablo.load_checkpoint(args.checkpoint, args.device)
-    ks = tuple(K_LIST.get(args.dataset, DEFAULT_KS))
-    options = {"root": args.root, "image_size": args.image_size}
+    model, _cfg, meta = diablo.load_checkpoint(args.checkpoint, args.device)
+    ks = k_list(args.dataset)
+    image_size = args.image_size or trained_image_size(meta) or default_image_size(args.dataset)
+    options = {"root": args.root, "image_size": image_size}
     progress = not args.quiet
 
     def embed_split(split: str) -> tuple[Any, Any, int]:
@@ -63,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": str(args.checkpoint),
         "dataset": args.dataset,
         "split": args.split,
-        "image_size": args.image_size,
+        "image_size": image_size,
         "sizes": sizes,
         "metrics": {name: (None if math.isnan(value) else value) for name, value in metrics.items()},
     }

@@ -324,6 +324,20 @@ def assignment_overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def _assignments(a: np.ndarray, channel: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Attention a (B, N, c, h, w) float64 -> (a on `channel` (all channels if None) (B, N, c', h, w),
+    the arg-max entry of each place on the channel mean (B, h, w), the assignment entropy
+    -sum_n a_n log a_n in nats (B, c', h, w)); ValueError for a channel out of range."""
+    if channel is not None:
+        if not -a.shape[2] <= channel < a.shape[2]:
+            raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
+        a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
+    winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
+    p = np.clip(a, 0.0, None)
+    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)  # (B, c', h, w)
+    return a, winners, entropy
+
+
 def entry_statistics(attention: torch.Tensor | Sequence[Any], channel: int | None = None) -> dict[str, Any]:
     """How a batch of attention (B, N, c or 1, h, w) uses the dictionary.
 
@@ -340,15 +354,9 @@ def entry_statistics(attention: torch.Tensor | Sequence[Any], channel: int | Non
     if a.ndim != 5:
         raise ValueError(f"attention must be (B, N, c, h, w), got {a.shape}")
     n = a.shape[1]
-    if channel is not None:
-        if not -a.shape[2] <= channel < a.shape[2]:
-            raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
-        a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
-    winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
+    a, winners, place_entropy = _assignments(a, channel)
     share = np.bincount(winners.ravel(), minlength=n).astype(np.float64) / winners.size  # (N,)
-    p = np.clip(a, 0.0, None)
-    entropy = float((-(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)).mean())  # over (B, c, h, w)
-    entropy = max(entropy, 0.0)
+    entropy = max(float(place_entropy.mean()), 0.0)  # over (B, c, h, w)
     return {
         "share": share,
         "mean_weight": a.mean(axis=(0, 2, 3, 4)),
@@ -394,13 +402,8 @@ def dataset_entry_statistics(
         with torch.inference_mode():
             for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 a = model.inspect(images.to(device)).attention.double().cpu().numpy()  # (B, N, c, h, w)
-                if channel is not None:
-                    if not -a.shape[2] <= channel < a.shape[2]:
-                        raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
-                    a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
-                winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
-                p = np.clip(a, 0.0, None)
-                place_entropy = (-(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)).mean(axis=1)  # (B, h, w)
+                a, winners, channel_entropy = _assignments(a, channel)
+                place_entropy = channel_entropy.mean(axis=1)  # (B, h, w)
                 counts += np.bincount(winners.ravel(), minlength=n)
                 entropy_sums += np.bincount(winners.ravel(), weights=place_entropy.ravel(), minlength=n)
                 weight_sums += a.mean(axis=(2, 3, 4)).sum(axis=0)
@@ -421,3 +424,51 @@ def dataset_entry_statistics(
         "entry_entropy": np.maximum(entry_entropy, 0.0),
         "images": done,
     }
+
+
+# ---- one image ------------------------------------------------------------------------------
+
+from dataclasses import dataclass  # noqa: E402  (kept with the section it serves)
+
+
+def model_input(model: nn.Module, image: Any, image_size: int) -> torch.Tensor:
+    """An RGB PIL image as the model's test input: (1, 3, S, S) float32 on the model's device,
+    resized to `image_size` and normalised (`diablo.data.build_transform(False, image_size)`)."""
+    from diablo.data import build_transform
+
+    x = build_transform(False, int(image_size))(image).unsqueeze(0)
+    return x.to(device=next(model.parameters()).device, dtype=torch.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageInspection:
+    """One image as a model sees it (`inspect_image`)."""
+
+    input: torch.Tensor  # (1, 3, S, S): the model's input (`model_input`), on its device
+    display: np.ndarray  # (S, S, 3) uint8: the input without the normalisation, for overlays
+    attention: np.ndarray | None  # (N, c or 1, h, w) float32, sums to 1 over N; None for the baseline
+    branch_embeddings: np.ndarray  # (N, D / N) float32, each of unit norm (the baseline: N = 1)
+    embedding: np.ndarray  # (D,) float32, unit norm
+
+
+def inspect_image(model: nn.Module, image: Any, image_size: int) -> ImageInspection:
+    """Attention maps and embeddings of one RGB PIL image resized to `image_size`, in eval mode
+    without gradients (the model's mode is restored after)."""
+    from diablo.data import denormalize
+
+    x = model_input(model, image, image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model.inspect(x)
+    finally:
+        model.train(was_training)
+    display = denormalize(x[0].float()).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
+    return ImageInspection(
+        input=x,
+        display=np.ascontiguousarray(display),
+        attention=None if out.attention is None else out.attention[0].float().cpu().numpy(),
+        branch_embeddings=out.branch_embeddings[0].float().cpu().numpy(),
+        embedding=out.embedding[0].float().cpu().numpy(),
+    )

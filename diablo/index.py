@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from diablo.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_NAME = "gallery.json"
@@ -207,7 +208,7 @@ class GalleryIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         index_name = f"gallery-{uuid.uuid4().hex}.faiss"
-        _atomic_write(directory / index_name, faiss.serialize_index(self.index).tobytes())
+        atomic_write_bytes(directory / index_name, faiss.serialize_index(self.index).tobytes())
         meta = {
             "format": "diablo-gallery-index",
             "version": FORMAT_VERSION,
@@ -220,7 +221,7 @@ class GalleryIndex:
             "paths": self.paths,
         }
         meta_path = directory / METADATA_NAME
-        _atomic_write(meta_path, json.dumps(meta).encode())
+        atomic_write_bytes(meta_path, json.dumps(meta).encode())
         for stale in directory.glob("gallery-*.faiss"):  # earlier saves, now unreferenced
             if stale.name != index_name:
                 stale.unlink(missing_ok=True)
@@ -259,23 +260,6 @@ class GalleryIndex:
         ):
             raise ValueError(f"{index_path} does not match {meta_path}")
         return cls(index, np.asarray(meta["labels"], np.int64), meta["num_branches"], key, meta["paths"])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to a temporary file beside path, then os.replace it into place (0644-style)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def index_key(checkpoint_path: str | os.PathLike[str], gallery_description: str) -> str:

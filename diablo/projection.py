@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diablo.files import atomic_write
 
 METHODS = ("pca", "umap")
 _CACHE_VERSION = 1
@@ -97,17 +98,13 @@ def _load(path: Path, n: int) -> np.ndarray | None:
 
 
 def _save(path: Path, points: np.ndarray) -> None:
-    """Atomic: write a temporary file in the same folder, then os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npy", delete=False)
-    try:
-        with handle:
+    """Atomic (`diablo.files.atomic_write`): a reader never sees a partly written cache file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
             np.save(handle, points)
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def project(

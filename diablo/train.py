@@ -3,7 +3,9 @@
 Each epoch: `steps_per_epoch` class-balanced batches, the metric loss on the batch's cosine
 similarities, Adam; then Recall@K (and MAP@R, NMI) on the held-out classes, and DIR/last and
 DIR/best (by R@1) written atomically, with a line in DIR/metrics.jsonl. DIR/train_state holds
-what `--resume DIR` needs beyond the weights: the optimiser, the epoch and the RNG states.
+what `--resume DIR` needs beyond the weights: the optimiser's moments. The sampler and the
+augmentations are seeded per epoch from (seed, epoch, rank), so a resumed run draws the same
+batches as an uninterrupted one; a run killed mid-epoch restarts that epoch.
 Multi-GPU / multi-node: `torchrun --nproc_per_node=G -m diablo.train ...` (DistributedDataParallel,
 nccl on GPU, gloo on CPU); rank 0 evaluates and writes.
 """
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from diablo.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from diablo.config import PRESETS, TrainConfig
-from diablo.data import K_LIST, build_transform, load_dataset
+from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
 from diablo.evaluation import embed, evaluate
 from diablo.losses import build_loss
@@ -88,7 +91,7 @@ def measure(model: DiabloNet, queries: Any, gallery: Any | None, config: TrainCo
     """Recall@K (the dataset's K list), MAP@R and NMI of `model` on an evaluation set."""
     kw = dict(batch_size=config.batch_size_eval, device=device, num_workers=config.workers, progress=config.progress)
     emb, labels = embed(model, queries, **kw)
-    ks = K_LIST.get(config.dataset, (1, 2, 4, 8))
+    ks = k_list(config.dataset)
     with_nmi = config.dataset != "sop"  # k-means into 11k clusters takes longer than the epoch
     if gallery is None:
         return evaluate(emb, labels, ks, with_nmi=with_nmi)
@@ -111,10 +114,9 @@ def optimiser(model: DiabloNet, config: TrainConfig) -> torch.optim.Adam:
 
 
 def save_train_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
-    """Optimiser moments and RNG states as safetensors (no pickle), the rest as JSON metadata."""
+    """Optimiser moments as safetensors (no pickle), the rest as JSON metadata."""
     state = opt.state_dict()
     tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
     meta = {"param_groups": json.dumps(state["param_groups"]), "epoch": str(epoch), "step": str(step)}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -122,7 +124,7 @@ def save_train_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: i
 
 
 def load_train_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
-    """Restore the optimiser and RNG; returns (epochs done, steps done)."""
+    """Restore the optimiser; returns (epochs done, steps done) when it was saved."""
     from safetensors import safe_open
 
     tensors = load_file(str(path))
@@ -134,7 +136,6 @@ def load_train_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
             _, index, key = name.split(".", 2)
             moments.setdefault(int(index), {})[key] = value
     opt.load_state_dict({"state": moments, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors["rng.torch"])
     return int(meta["epoch"]), int(meta["step"])
 
 
@@ -144,10 +145,10 @@ def load_train_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run `config`; returns the last epoch's record. Resuming continues from config.out/last."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
-    rank = dist.get_rank() if distributed else 0
     device = resolve_device(config.device)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -162,12 +163,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if resume:
         tensors, _, meta = read_checkpoint(out / "last.safetensors")
         model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
-        epoch, step = load_train_state(out / "train_state.safetensors", opt)
-        history = meta.get("history", [])
-        if meta.get("epoch") != epoch:
-            raise ValueError(f"{out}: last.safetensors (epoch {meta.get('epoch')}) and train_state "
-                             f"(epoch {epoch}) differ")
-    torch.manual_seed(config.seed + 1000 * epoch + rank)
+        saved_epoch, _ = load_train_state(out / "train_state.safetensors", opt)
+        epoch, step, history = meta["epoch"], meta["step"], meta.get("history", [])
+        if saved_epoch != epoch:  # killed between the two writes of an epoch's end
+            warnings.warn(f"{out}: optimiser state of epoch {saved_epoch}, weights of epoch {epoch}; continuing",
+                          stacklevel=2)
 
     train_set = training_set(config)
     sampler = ClassBalancedSampler(train_set.labels, config.classes_per_batch, config.images_per_class,
@@ -183,6 +183,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     while epoch < config.epochs and not (config.max_steps and step >= config.max_steps):
         sampler.set_epoch(epoch)
+        torch.manual_seed(config.seed + 1000 * epoch + rank)  # augmentations: the same after a resume
         net.train()
         start, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress or rank != 0,

@@ -63,7 +63,7 @@ def test_cut_shapes_at_224(backbone: str, attention: str) -> None:
     values = f if attention == "pre" else pooled  # the map the attention weights: F (pre) or G (post)
     assert cut.values_channels == values.shape[1]
     assert cut.phi_channels == phi.shape[1]
-    assert cut.out_channels == OUT_CHANNELS[backbone] == pooled.shape[1]
+    assert OUT_CHANNELS[backbone] == pooled.shape[1]
 
 
 @pytest.mark.parametrize("backbone", ["googlenet", "mobilenet_v2"])

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import diablo
+import diablo.data as real_data
 from diablo import evaluate as cli
 from diablo.evaluation import evaluate as evaluate_metrics
 
@@ -50,12 +51,13 @@ SPLITS = {
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Stand-ins for diablo.load_checkpoint, diablo.load_dataset and diablo.data.K_LIST."""
-    calls: dict = {"datasets": []}
+    """Stand-ins for diablo.load_checkpoint (its meta is calls["meta"]), diablo.load_dataset
+    and diablo.data's K lists; diablo.data.default_image_size is the real one."""
+    calls: dict = {"datasets": [], "meta": {}}
 
     def load_checkpoint(path, device="auto"):
         calls["checkpoint"] = (str(path), device)
-        return Normalise(), object(), {}
+        return Normalise(), object(), calls["meta"]
 
     def load_dataset(name, split="train", root=None, image_size=224, **kwargs):
         calls["datasets"].append((name, split, root, image_size))
@@ -63,6 +65,8 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict:
 
     data = types.ModuleType("diablo.data")
     data.K_LIST = {"cub": (1, 2, 4), "inshop": (1, 2)}
+    data.k_list = lambda name: data.K_LIST.get(name, (1, 2, 4, 8))
+    data.default_image_size = real_data.default_image_size
     data.load_dataset = load_dataset
     monkeypatch.setitem(sys.modules, "diablo.data", data)
     monkeypatch.setattr(diablo, "load_checkpoint", load_checkpoint, raising=False)
@@ -124,6 +128,21 @@ def test_unknown_dataset_uses_default_ks_and_errors_exit_1(
     monkeypatch.setattr(diablo, "load_checkpoint", missing)
     assert cli.main(["--checkpoint", "nope", "--dataset", "cub"]) == 1
     assert "no checkpoint at nope" in capsys.readouterr().err
+
+
+def test_image_size_defaults_to_the_checkpoints_then_the_datasets(fakes: dict, tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    base = ["--checkpoint", "m", "--dataset", "cub", "--json", str(out), "--no-nmi", "--quiet"]
+    fakes["meta"] = {"train_config": {"image_size": 96, "epochs": 3}}
+    assert cli.main(base) == 0
+    assert fakes["datasets"][-1] == ("cub", "test", None, 96)
+    assert json.loads(out.read_text())["image_size"] == 96
+    assert cli.main([*base, "--image-size", "48"]) == 0  # the flag wins
+    assert fakes["datasets"][-1] == ("cub", "test", None, 48)
+    fakes["meta"] = {"epoch": 3}  # no train_config: the dataset's default
+    assert cli.main(base) == 0
+    assert fakes["datasets"][-1] == ("cub", "test", None, real_data.DEFAULT_IMAGE_SIZE["cub"])
+    assert json.loads(out.read_text())["image_size"] == 256
 
 
 def test_end_to_end_with_real_checkpoint_and_folder(tmp_path: Path) -> None:

@@ -293,3 +293,55 @@ def test_entry_statistics_of_a_model(smooth: DiabloNet) -> None:
     assert 0.0 < stats["entropy_normalised"] <= 1.0
     labels = explain.assignment_map(attention[0])
     assert labels.shape == (16, 16) and labels.max() < 4
+
+
+# ---- one image: model_input and inspect_image -------------------------------------------------
+
+
+def pil_photo(width: int = 50, height: int = 40):
+    from PIL import Image
+
+    return Image.fromarray(photo(height, width), "RGB")
+
+
+def test_model_input_is_the_test_transform_on_the_model_device(smooth: DiabloNet) -> None:
+    from diablo.data import build_transform
+
+    image = pil_photo()
+    x = explain.model_input(smooth, image, SIZE)
+    assert x.shape == (1, 3, SIZE, SIZE) and x.dtype == torch.float32
+    assert x.device == next(smooth.parameters()).device
+    assert torch.equal(x[0], build_transform(False, SIZE)(image))
+
+
+def test_inspect_image_matches_the_model(smooth: DiabloNet) -> None:
+    image = pil_photo()
+    smooth.train()  # the mode is restored afterwards
+    seen = explain.inspect_image(smooth, image, SIZE)
+    assert smooth.training
+    smooth.eval()
+    with torch.no_grad():
+        out = smooth.inspect(explain.model_input(smooth, image, SIZE))
+    entries, dim = smooth.config.num_entries, smooth.config.embedding_dim
+    assert isinstance(seen.attention, np.ndarray) and seen.attention.dtype == np.float32
+    assert seen.attention.shape == tuple(out.attention.shape[1:]) and seen.attention.shape[0] == entries
+    assert np.allclose(seen.attention.sum(axis=0), 1.0, atol=1e-5)
+    assert np.allclose(seen.attention, out.attention[0].numpy(), atol=1e-6)
+    assert seen.embedding.shape == (dim,) and np.linalg.norm(seen.embedding) == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(seen.embedding, out.embedding[0].numpy(), atol=1e-6)
+    assert seen.branch_embeddings.shape == (entries, dim // entries)
+    assert np.allclose(np.linalg.norm(seen.branch_embeddings, axis=1), 1.0, atol=1e-5)
+    assert seen.input.shape == (1, 3, SIZE, SIZE) and not seen.input.requires_grad
+    assert seen.display.shape == (SIZE, SIZE, 3) and seen.display.dtype == np.uint8
+    from diablo.data import IMAGENET_MEAN, IMAGENET_STD
+
+    unnormalised = seen.input[0].permute(1, 2, 0).numpy() * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
+    assert np.abs(seen.display - 255 * unnormalised).max() <= 0.51  # the input as an image
+
+
+def test_inspect_image_of_the_baseline() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="mobilenet_v2", pretrained="none", attention="none", embedding_dim=32)
+    seen = explain.inspect_image(build_model(cfg).eval(), pil_photo(), SIZE)
+    assert seen.attention is None
+    assert seen.embedding.shape == (32,) and seen.branch_embeddings.shape == (1, 32)

@@ -83,6 +83,32 @@ def test_resume_restores_the_optimiser(folder, tmp_path):
     assert moments and all(float(s["step"]) == 2 for s in moments)
 
 
+def test_validation_split_and_per_class_limit(folder, tmp_path):
+    """--val-fraction selects on held-out training classes; --max-per-class caps every class."""
+    out = tmp_path / "run"
+    assert run(flags(folder, out, "--epochs", "1", "--val-fraction", "0.5", "--max-per-class", "4")) == 0
+    _, _, meta = diablo.load_checkpoint(out / "best.safetensors", device="cpu")
+    assert meta["evaluated_on"] == "validation"
+    config = TrainConfig(**meta["train_config"])
+    train_set, (queries, gallery) = train_module.training_set(config), train_module.evaluation_sets(config)
+    assert gallery is None
+    assert not set(train_set.labels) & set(queries.labels)  # disjoint classes
+    assert len(set(train_set.labels)) == len(set(queries.labels)) == 2  # the 4 training classes, halved
+    assert len(train_set) == len(queries) == 2 * 4
+
+
+def test_new_parts_learn_faster(folder):
+    config, _ = train_module.config_from_args(["--backbone", "mobilenet_v2", "--pretrained", "none", "--lr", "1e-4",
+                                               "--new-lr-factor", "10", "--attention", "post", "--learn-alpha"])
+    model = diablo.build_model(config.model_config())
+    pretrained, new = train_module.optimiser(model, config).param_groups
+    assert (pretrained["lr"], new["lr"]) == (1e-4, pytest.approx(1e-3))
+    new_ids = {id(p) for p in new["params"]}
+    assert id(model.dictionary) in new_ids and id(model.selection.log_alpha) in new_ids
+    assert id(model.embedding.weight) in new_ids and id(next(model.phi.parameters())) not in new_ids
+    assert len(pretrained["params"]) + len(new["params"]) == len(list(model.parameters()))
+
+
 def test_killed_mid_epoch_then_resumed_ends_with_a_valid_checkpoint(folder, tmp_path):
     out = tmp_path / "run"
     argv = flags(folder, out, "--epochs", "3", "--steps-per-epoch", "40")

@@ -21,6 +21,7 @@ from diablo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomResize, bu
 __all__ = [
     "DATASETS",
     "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_KS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "K_LIST",
@@ -29,7 +30,9 @@ __all__ = [
     "RandomResize",
     "build_transform",
     "decode_upload",
+    "default_image_size",
     "denormalize",
+    "k_list",
     "load_dataset",
     "open_image",
 ]
@@ -56,6 +59,9 @@ K_LIST: dict[str, tuple[int, ...]] = {
     "synthetic": (1, 2, 4, 8),
 }
 """The Recall@K values reported for each dataset (paper §5)."""
+
+DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
+"""The Recall@K values of a dataset outside K_LIST (see `k_list`)."""
 
 DEFAULT_IMAGE_SIZE: dict[str, int | None] = {
     "cub": 256,
@@ -87,11 +93,27 @@ def _loader(name: str) -> Callable[..., ImageDataset]:
     return fn
 
 
+def _normalised(name: str) -> str:
+    return str(name).lower().replace("_", "-")
+
+
 def _canonical(name: str) -> str:
-    key = str(name).lower().replace("_", "-")
+    key = _normalised(name)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     return key
+
+
+def k_list(name: str) -> tuple[int, ...]:
+    """The Recall@K values of dataset `name` (any spelling `load_dataset` accepts); (1, 2, 4, 8)
+    for a name outside K_LIST."""
+    return tuple(K_LIST.get(_normalised(name), DEFAULT_KS))
+
+
+def default_image_size(name: str, resolution: int | None = None) -> int:
+    """The image size `load_dataset` uses when none is given: DEFAULT_IMAGE_SIZE[name], or for
+    "synthetic" the generated `resolution` (128 by default). ValueError for an unknown name."""
+    return DEFAULT_IMAGE_SIZE[_canonical(name)] or (128 if resolution is None else int(resolution))
 
 
 def load_dataset(
@@ -128,6 +150,6 @@ def load_dataset(
     if unknown:
         raise TypeError(f"unknown option {unknown[0]!r} for {key!r}; allowed: {', '.join(allowed) or 'none'}")
     if transform is None:
-        size = image_size or DEFAULT_IMAGE_SIZE[key] or int(options.get("resolution", 128))
+        size = image_size or default_image_size(key, options.get("resolution"))
         transform = build_transform(train=split == "train", image_size=size)
     return fn(root=root, split=split, transform=transform, **options)

@@ -77,13 +77,11 @@ class ImageDataset(Dataset):
         """The file behind item `index`."""
         return self.paths[index]
 
-    def load(self, index: int) -> Image.Image:
-        """Decode item `index` as an RGB PIL image (no transform); raises on unreadable files."""
-        return open_image(self.paths[index])
-
     def image(self, index: int) -> Image.Image:
-        """Item `index` as an RGB PIL image, without the transform (for display)."""
-        return self.load(index)
+        """Item `index` decoded as an RGB PIL image, without the transform (for display; the items
+        pass it through the transform); raises on unreadable files. Subclasses that do not read
+        files override this."""
+        return open_image(self.paths[index])
 
     def _skip(self, index: int, err: Exception) -> None:
         path = self.paths[index]
@@ -103,7 +101,7 @@ class ImageDataset(Dataset):
         for step in range(n):
             i = (index + step) % n
             try:
-                img = self.load(i)
+                img = self.image(i)
             except (OSError, ValueError, SyntaxError, EOFError) as err:
                 self._skip(i, err)
                 continue

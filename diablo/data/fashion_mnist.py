@@ -80,7 +80,7 @@ class FashionMNIST(ImageDataset):
         super().__init__(paths, labels, classes, transform, name=name)
         self.pixels = pixels
 
-    def load(self, index: int) -> Image.Image:
+    def image(self, index: int) -> Image.Image:
         return Image.fromarray(self.pixels[index], mode="L").convert("RGB")
 
 

@@ -102,9 +102,7 @@ def decode_upload(data: bytes, max_pixels: int | None = None) -> Image.Image:
     if not data:
         raise ValueError("the upload is empty")
     try:
-        img = _decode(io.BytesIO(data), "the upload", max_pixels)
-    except ValueError:
-        raise
+        img = _decode(io.BytesIO(data), "the upload", max_pixels)  # a ValueError passes through
     except UnidentifiedImageError as err:
         raise ValueError("the upload is not an image in a format PIL can read") from err
     except (OSError, SyntaxError, EOFError) as err:

@@ -22,6 +22,16 @@ def test_registry() -> None:
     assert callable(build_transform) and callable(data.decode_upload) and callable(data.open_image)
 
 
+def test_k_list_and_default_image_size() -> None:
+    assert data.k_list("cub") == K_LIST["cub"] and data.k_list("SOP") == (1, 10, 100, 1000)
+    assert data.k_list("fashion_mnist") == K_LIST["fashion-mnist"]
+    assert data.k_list("elsewhere") == data.DEFAULT_KS == (1, 2, 4, 8)
+    assert data.default_image_size("cub") == 256 and data.default_image_size("fashion-mnist") == 64
+    assert data.default_image_size("synthetic") == 128 and data.default_image_size("synthetic", 48) == 48
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.default_image_size("imagenet")
+
+
 def test_unknown_name_split_or_option() -> None:
     with pytest.raises(ValueError, match="cub, cars, sop, inshop, folder, fashion-mnist, synthetic"):
         load_dataset("imagenet")
