@@ -41,7 +41,6 @@ import numpy as np
 import streamlit as st
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_KS = (1, 2, 4, 8)
 DEFAULT_CHECKPOINT = "demo-pre-dimension.safetensors"
 GALLERY_KINDS = ("Synthetic test split", "Image folder", "Dataset")
 PICKED = "lab_picked_gallery_id"  # the gallery image picked last, shared by every page
@@ -277,7 +276,7 @@ def default_gallery() -> GallerySpec:
 @st.cache_resource(show_spinner="Loading the gallery (the synthetic set is generated on first use)…", max_entries=8)
 def _load_gallery(spec: GallerySpec, image_size: int) -> Any:
     from diablo.data import build_transform, load_dataset
-    from diablo.data.base import ImageDataset
+    from diablo.data.subset import IndexSubset, spread_indices
 
     dataset = load_dataset(
         spec.dataset, split=spec.split, root=spec.root, transform=build_transform(False, image_size),
@@ -285,12 +284,8 @@ def _load_gallery(spec: GallerySpec, image_size: int) -> Any:
     )
     if len(dataset) == 0:
         raise ValueError(f"the gallery {spec.title} has no images")
-    if spec.limit and len(dataset) > spec.limit:
-        keep = np.unique(np.linspace(0, len(dataset) - 1, spec.limit).round().astype(int))
-        dataset = ImageDataset(
-            [dataset.paths[i] for i in keep], [dataset.labels[i] for i in keep], dataset.classes,
-            dataset.transform, name=f"{spec.dataset}/{spec.split}[:{spec.limit}]",
-        )
+    if spec.limit and len(dataset) > spec.limit:  # the dataset's own items (in-memory pixels, masks) kept
+        dataset = IndexSubset(dataset, spread_indices(len(dataset), spec.limit))
     return dataset
 
 
@@ -300,7 +295,7 @@ class Gallery:
 
     spec: GallerySpec
     image_size: int
-    dataset: Any  # diablo.data.base.ImageDataset
+    dataset: Any  # diablo.data.base.ImageDataset, or a diablo.data.subset.IndexSubset of one (the size cap)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -464,8 +459,13 @@ def _gallery_metrics(key: str, ks: tuple[int, ...], _index: Any) -> dict:
     return metrics
 
 
-def gallery_metrics(model: Model, gallery: Gallery, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float | None]:
-    """{"recall@K": .., "map@r": .., "nmi": ..} of the gallery searched leave-one-out (cached)."""
+def gallery_metrics(model: Model, gallery: Gallery, ks: Sequence[int] | None = None) -> dict[str, float | None]:
+    """{"recall@K": .., "map@r": .., "nmi": ..} of the gallery searched leave-one-out (cached); `ks` defaults
+    to the gallery dataset's Recall@K list (`diablo.data.k_list`)."""
+    from diablo.data import k_list
+
+    if ks is None:
+        ks = k_list(gallery.spec.dataset)
     index = gallery_index(model, gallery)
     return _gallery_metrics(index.key, tuple(int(k) for k in ks), index)
 
@@ -480,6 +480,7 @@ def entry_statistics(model: Model, gallery: Gallery) -> dict[str, Any]:
     """
     from torch.utils.data import Subset
 
+    from diablo.data.subset import spread_indices
     from diablo.explain import dataset_entry_statistics
 
     store = _store()
@@ -498,8 +499,7 @@ def entry_statistics(model: Model, gallery: Gallery) -> dict[str, Any]:
             stats = {name: np.asarray([np.nan if x is None else x for x in v], dtype=np.float64)
                      if isinstance(v, list) else v for name, v in cached["statistics"].items()}
         else:
-            n = len(gallery)
-            ids = np.unique(np.linspace(0, n - 1, min(n, STATISTICS_IMAGES)).round().astype(int)).tolist()
+            ids = spread_indices(len(gallery), STATISTICS_IMAGES)
             bar, update = _progress(f"Summarising {model.name}'s attention over the gallery (once, then cached):")
             stats = dataset_entry_statistics(model.net, Subset(gallery.dataset, ids), batch_size=32, progress=update)
             bar.empty()
@@ -529,25 +529,18 @@ class Picked:
 class View:
     """An image as one model sees it."""
 
-    display: np.ndarray  # (S, S, 3) uint8: the image resized to the model's input size
+    display: np.ndarray  # (S, S, 3) uint8: the model's input, resized to its image size
     attention: np.ndarray | None  # (N, c or 1, h, w) float32; None for the baseline
     embedding: np.ndarray  # (D,) float32, unit norm
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _inspect(path: str, stamp: str, image_key: str, _image: Any, image_size: int) -> View:
-    import torch
-    from PIL import Image
-
-    from diablo.data import build_transform
+    from diablo.explain import inspect_image
 
     net, _, _ = _load_model(path, stamp, device())
-    x = build_transform(False, image_size)(_image).unsqueeze(0).to(next(net.parameters()).device)
-    with torch.inference_mode():
-        out = net.inspect(x)
-    attention = None if out.attention is None else out.attention[0].float().cpu().numpy()
-    display = np.asarray(_image.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    return View(display, attention, out.embedding[0].float().cpu().numpy())
+    seen = inspect_image(net, _image, image_size)
+    return View(seen.display, seen.attention, seen.embedding)
 
 
 def inspect(model: Model, picked: Picked) -> View:
@@ -597,13 +590,11 @@ def _choose(page: str, index: int) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def _thumbnail(path: str, size: int) -> np.ndarray:
+def _thumbnail(gallery_key: str, index: int, size: int, _dataset: Any) -> np.ndarray:
     from PIL import Image
 
-    from diablo.data.image import open_image
-
     try:
-        image = open_image(path)
+        image = _dataset.image(index).convert("RGB")
     except Exception:  # an unreadable gallery file shows as a grey tile
         return np.full((size, size, 3), 200, dtype=np.uint8)
     image.thumbnail((size, size), Image.Resampling.BILINEAR)
@@ -611,8 +602,9 @@ def _thumbnail(path: str, size: int) -> np.ndarray:
 
 
 def thumbnail(gallery: Gallery, index: int, size: int = THUMBNAIL) -> np.ndarray:
-    """(h, w, 3) uint8 thumbnail of a gallery item, at most `size` pixels a side (cached)."""
-    return _thumbnail(gallery.path(index), size)
+    """(h, w, 3) uint8 RGB thumbnail of a gallery item (its dataset's `image`, so in-memory items such as
+    Fashion-MNIST's work too), at most `size` pixels a side (cached)."""
+    return _thumbnail(gallery.spec.describe(), int(index), int(size), gallery.dataset)
 
 
 def _browser(page: str, gallery: Gallery, per_page: int = 12, columns: int = 2) -> None:
@@ -764,11 +756,10 @@ def _attributions(
     path: str, stamp: str, query_key: str, _query_image: Any, target_key: str, _target: np.ndarray,
     branch: int | None, steps: int, image_size: int,
 ) -> dict[str, np.ndarray]:
-    from diablo.data import build_transform
-    from diablo.explain import similarity_attribution
+    from diablo.explain import model_input, similarity_attribution
 
     net, _, _ = _load_model(path, stamp, device())
-    x = build_transform(False, image_size)(_query_image).unsqueeze(0).to(next(net.parameters()).device)
+    x = model_input(net, _query_image, image_size)
     return {
         method: similarity_attribution(net, x, _target, method=method, branch=branch, steps=steps)
         for method in ("integrated_gradients", "gradcam")
@@ -994,8 +985,11 @@ def _gallery_picker() -> GallerySpec | None:
 
 
 def sidebar() -> Context:
-    """The sidebar: checkpoint picker and model card, gallery picker, device."""
-    st.set_page_config(page_title="DIABLO attention lab", page_icon=":material/center_focus_strong:", layout="wide")
+    """The sidebar: checkpoint picker and model card, gallery picker, device.
+
+    The page config (title, wide layout) is set once, by app/main.py; a page run on its own (e.g. by
+    AppTest.from_file) keeps Streamlit's defaults.
+    """
     _keep_sidebar_state()
     with st.sidebar:
         st.subheader("Checkpoint")

@@ -30,6 +30,7 @@ import colorsys
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -428,7 +429,6 @@ def dataset_entry_statistics(
 
 # ---- one image ------------------------------------------------------------------------------
 
-from dataclasses import dataclass  # noqa: E402  (kept with the section it serves)
 
 
 def model_input(model: nn.Module, image: Any, image_size: int) -> torch.Tensor:

@@ -76,9 +76,9 @@ for start in range(0, len(ids), columns_per_row):
                 lab.show_figure(fig, f"{model.name}-result-{r + 1}-branches", key=f"retrieval_branches_{r}")
 
 st.subheader("Recall@K on the gallery")
-from diablo.data import K_LIST  # noqa: E402
+from diablo.data import k_list  # noqa: E402
 
-ks = K_LIST.get(gallery.spec.dataset, lab.DEFAULT_KS)
+ks = k_list(gallery.spec.dataset)
 metrics = lab.gallery_metrics(model, gallery, ks)
 st.dataframe([{"checkpoint": model.name, **lab.metrics_row(metrics)}], hide_index=True)
 st.caption(f"{len(gallery)} images searched leave-one-out (each image queries the rest); values in %.")
