@@ -10,13 +10,19 @@ cosines) and random directions in R^m are nearly orthogonal, so no entry starts 
 the initial attention is close to uniform; the entries then specialise under the metric loss.
 
 Default alpha = 10. A cosine lies in [-1, 1], so alpha bounds the ratio between the largest
-and smallest weight of a place by e^(2 alpha). With alpha = 1 the weights can never differ by
-more than e^2 ~ 7x: attention stays nearly uniform and every branch sees the same features.
-With alpha = 100 a similarity gap of 0.05 already gives a 150x ratio, so the assignment is
-effectively hard from the first step and the gradient reaching non-winning entries vanishes.
-alpha = 10 lets a gap of 0.3 (well-separated entries) give a 20x ratio while random initial
-similarities (|s| ~ 0.1) give weights within ~2x of uniform. `benchmarks/quality.py --alpha`
-measures Recall@1 and assignment entropy for alpha in {1, 10, 100}.
+and smallest weight of a place by e^(2 alpha): with alpha = 1 the weights stay within e^2 of each
+other and the attention is nearly uniform; with alpha = 100 the assignment is hard from the first
+steps and non-winning entries get no gradient. Measured (`benchmarks/quality.py --datasets
+fashion-mnist --variants pre-dimension --seeds 0 --steps 40 --alphas 1 100`, pre-attention +
+dimension-wise, N = 8, unseen classes):
+
+    alpha   R@1   MAP@R   assignment entropy / log N
+        1   89.4   42.3   0.998  (uniform: every branch sees the same features)
+       10   91.9   39.6   0.822
+      100   74.1   23.6   0.117
+
+alpha = 10 is the value at which the attention actually selects (entropy well below log N)
+without the collapse of alpha = 100. `learn_alpha=True` learns it (in log space) instead.
 """
 
 from __future__ import annotations

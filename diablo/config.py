@@ -159,11 +159,8 @@ class TrainConfig:
         self.model_config()  # validates the model fields
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            backbone=self.backbone, pretrained=self.pretrained, attention=self.attention,
-            selection=self.selection, num_entries=self.num_entries, embedding_dim=self.embedding_dim,
-            alpha=self.alpha, learn_alpha=self.learn_alpha, rescale=self.rescale, freeze_bn=self.freeze_bn,
-        )
+        """The ModelConfig made of this run's model fields (those named as in ModelConfig)."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
