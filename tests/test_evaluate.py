@@ -146,10 +146,7 @@ def test_image_size_defaults_to_the_checkpoints_then_the_datasets(fakes: dict, t
 
 
 def test_end_to_end_with_real_checkpoint_and_folder(tmp_path: Path) -> None:
-    """The real diablo.load_checkpoint and diablo.load_dataset("folder"); skipped until they exist."""
-    data = pytest.importorskip("diablo.data")
-    if not hasattr(data, "load_dataset") or not hasattr(data, "K_LIST"):
-        pytest.skip("diablo.data does not export load_dataset and K_LIST yet")
+    """The real diablo.load_checkpoint and diablo.load_dataset("folder")."""
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -4,24 +4,16 @@ set's masks), and a page script runs on its own (no app/main.py, so no page conf
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import GALLERY, REPO
 from lab_testing import assert_ok, texts
 
 from app import lab
-from diablo.data.fashion_mnist import FASHION_MNIST_ROOT
 
-needs_fashion_mnist = pytest.mark.skipif(
-    not (Path(FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="the Debian package dataset-fashion-mnist is not installed",
-)
 CAP = 12
 
 
-@needs_fashion_mnist
 def test_capped_fashion_mnist_gallery_keeps_its_images(lab_env):
     gallery = lab.load_gallery(lab.GallerySpec("fashion-mnist", "test", None, (), CAP), 64)
     assert len(gallery) == CAP and len(gallery.labels) == CAP
@@ -51,7 +43,6 @@ def test_capped_synthetic_gallery_keeps_its_masks(lab_env):
     assert np.array_equal(lab.thumbnail(capped, 2), lab.thumbnail(full, ids[2]))
 
 
-@needs_fashion_mnist
 def test_sidebar_fashion_mnist_gallery_with_a_cap(app):
     app.run()
     app.radio(key="gallery_kind").set_value("Dataset").run()

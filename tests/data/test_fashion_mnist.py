@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diablo.data import fashion_mnist
-from diablo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, load_fashion_mnist
+from diablo.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 
 def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
@@ -52,7 +52,6 @@ def test_missing_files_say_how_to_install(tmp_path: Path) -> None:
         load_fashion_mnist(tmp_path, "val")
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_the_debian_package() -> None:
     train = load_fashion_mnist(split="train", per_class=20)
     test = load_fashion_mnist(split="test", per_class=20)
