@@ -8,6 +8,7 @@ app: $(STAMP)
 	$(VENV)/bin/streamlit run app/main.py
 
 test: $(STAMP) system
+	$(VENV)/bin/ruff check diablo app tests benchmarks checkpoints
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
