@@ -178,6 +178,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     loss_fn = build_loss(config.loss)
     net: nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed else model
+    commit = git_commit()  # the code this run started with
     best = max((h.get("recall@1", -1.0) for h in history), default=-1.0)
     record: dict[str, Any] = history[-1] if history else {}
 
@@ -216,7 +217,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 record.update(measure(model, queries, gallery, config, device))
             history.append(record)
             meta = {"train_config": config.to_dict(), "epoch": epoch, "step": step, "history": history,
-                    "git_commit": git_commit(), "evaluated_on": "validation" if config.val_fraction else "test"}
+                    "git_commit": commit, "evaluated_on": "validation" if config.val_fraction else "test"}
             save_train_state(out / "train_state.safetensors", opt, epoch, step)
             save_checkpoint(out / "last.safetensors", model, model_config, meta)
             if record.get("recall@1", -1.0) > best:
