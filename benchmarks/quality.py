@@ -11,6 +11,7 @@ mass on the object and on each part, from the part masks, beside the area share 
 `--alphas` adds a sweep of alpha for pre-attention + dimension-wise selection on the first
 dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy. Results are
 appended to OUT/results.jsonl, so an interrupted run continues where it stopped.
+`--localise CKPT ...` only prints the localisation table of trained checkpoints.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240
     return attention, subset
 
 
+def print_localisation(name: str, checkpoint: Path) -> None:
+    attention, subset = attention_of(checkpoint)
+    masks = torch.from_numpy(np.stack([subset.dataset.mask(i) for i in subset.indices]))
+    loc = localise(attention, masks, list(subset.dataset.part_names))
+    print(f"\n{name}: " + " ".join(f"{region:>7}" for region in loc.regions))
+    print("  area  " + " ".join(f"{100 * v:7.1f}" for v in loc.area))
+    for n, shares in enumerate(loc.mass):
+        print(f"  e{n:<4} " + " ".join(f"{100 * v:7.1f}" for v in shares))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -70,8 +81,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--alphas", nargs="*", type=float, default=[])
     p.add_argument("--out", default="runs/quality")
+    p.add_argument("--localise", nargs="+", type=Path, help="only the localisation of these checkpoints")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.localise:
+        print("$ .venv/bin/python benchmarks/quality.py " + shlex.join(sys.argv[1:]))
+        print("Attention mass share (%) per dictionary entry on the synthetic test classes")
+        for path in args.localise:
+            print_localisation(path.stem, path)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
@@ -108,13 +125,7 @@ def main() -> None:
                         ("synthetic", variant, args.seeds[0], args.steps, 10.0)), None)
             if row is None:
                 continue
-            attention, subset = attention_of(Path(row["out"]) / "last.safetensors")
-            masks = torch.from_numpy(np.stack([subset.dataset.mask(i) for i in subset.indices]))
-            loc = localise(attention, masks, list(subset.dataset.part_names))
-            print(f"\n{variant}: " + " ".join(f"{name:>7}" for name in loc.regions))
-            print("  area  " + " ".join(f"{100 * v:7.1f}" for v in loc.area))
-            for n, shares in enumerate(loc.mass):
-                print(f"  e{n:<4} " + " ".join(f"{100 * v:7.1f}" for v in shares))
+            print_localisation(variant, Path(row["out"]) / "last.safetensors")
 
     sweep = [r for r in done if (r["dataset"], r["variant"], r["steps"], r["seed"]) ==
              (args.datasets[0], "pre-dimension", args.steps, args.seeds[0]) and r["alpha"] in {*args.alphas, 10.0}]
