@@ -359,6 +359,18 @@ class _Store:
         while len(self.items) > self.size:
             self.items.popitem(last=False)
 
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """The value stored under `key`, else `compute()` run once (under the lock) and stored."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self.lock:
+            value = self.get(key)
+            if value is None:
+                value = compute()
+                self.put(key, value)
+        return value
+
 
 @st.cache_resource(show_spinner=False)
 def _store() -> _Store:
@@ -382,15 +394,7 @@ def gallery_index(model: Model, gallery: Gallery) -> Any:
     """
     from diablo.index import GalleryIndex
 
-    store = _store()
-    ident = ("index", model.ref, gallery.spec, gallery.image_size)
-    index = store.get(ident)
-    if index is not None:
-        return index
-    with store.lock:
-        index = store.get(ident)
-        if index is not None:
-            return index
+    def compute() -> Any:
         key = _gallery_key(model.ref, gallery.spec, gallery.image_size)
         folder = _gallery_folder(key)
         try:
@@ -403,8 +407,9 @@ def gallery_index(model: Model, gallery: Gallery) -> Any:
                 index.save(folder)
             except OSError:
                 pass  # a read-only cache: keep the index in memory only
-        store.put(ident, index)
-    return index
+        return index
+
+    return _store().memo(("index", model.ref, gallery.spec, gallery.image_size), compute)
 
 
 def _embed_gallery(model: Model, gallery: Gallery, key: str) -> Any:
@@ -483,31 +488,23 @@ def entry_statistics(model: Model, gallery: Gallery) -> dict[str, Any]:
     from diablo.data.subset import spread_indices
     from diablo.explain import dataset_entry_statistics
 
-    store = _store()
-    ident = ("entries", model.ref, gallery.spec, gallery.image_size)
-    stats = store.get(ident)
-    if stats is not None:
-        return stats
-    with store.lock:
-        stats = store.get(ident)
-        if stats is not None:
-            return stats
+    def compute() -> dict[str, Any]:
         key = _gallery_key(model.ref, gallery.spec, gallery.image_size)
         file = _gallery_folder(key) / f"entries-{STATISTICS_IMAGES}.json"
         cached = _read_json(file)
         if isinstance(cached, dict) and cached.get("key") == key:
-            stats = {name: np.asarray([np.nan if x is None else x for x in v], dtype=np.float64)
-                     if isinstance(v, list) else v for name, v in cached["statistics"].items()}
-        else:
-            ids = spread_indices(len(gallery), STATISTICS_IMAGES)
-            bar, update = _progress(f"Summarising {model.name}'s attention over the gallery (once, then cached):")
-            stats = dataset_entry_statistics(model.net, Subset(gallery.dataset, ids), batch_size=32, progress=update)
-            bar.empty()
-            serial = {name: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for name, v in stats.items()}
-            serial["entry_entropy"] = [None if math.isnan(v) else v for v in stats["entry_entropy"]]
-            _write_json(file, {"key": key, "statistics": serial})
-        store.put(ident, stats)
-    return stats
+            return {name: np.asarray([np.nan if x is None else x for x in v], dtype=np.float64)
+                    if isinstance(v, list) else v for name, v in cached["statistics"].items()}
+        ids = spread_indices(len(gallery), STATISTICS_IMAGES)
+        bar, update = _progress(f"Summarising {model.name}'s attention over the gallery (once, then cached):")
+        stats = dataset_entry_statistics(model.net, Subset(gallery.dataset, ids), batch_size=32, progress=update)
+        bar.empty()
+        serial = {name: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for name, v in stats.items()}
+        serial["entry_entropy"] = [None if math.isnan(v) else v for v in stats["entry_entropy"]]
+        _write_json(file, {"key": key, "statistics": serial})
+        return stats
+
+    return _store().memo(("entries", model.ref, gallery.spec, gallery.image_size), compute)
 
 
 # ---- one image ------------------------------------------------------------------------------

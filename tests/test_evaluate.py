@@ -180,3 +180,8 @@ def test_end_to_end_with_real_checkpoint_and_folder(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["sizes"] == {"all": 6}
     assert 0.0 <= report["metrics"]["recall@1"] <= 1.0
+    # the CLI's figure is the library's on the same checkpoint and images
+    model, _, _ = diablo.load_checkpoint(tmp_path / "m.safetensors", device="cpu")
+    data = diablo.load_dataset("folder", split="all", root=tmp_path / "images", image_size=32)
+    expected = diablo.recall_at_k(*diablo.embed(model, data, progress=False), ks=(1,))[1]
+    assert report["metrics"]["recall@1"] == pytest.approx(expected)
