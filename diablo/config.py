@@ -83,6 +83,7 @@ class ModelConfig:
 
 
 LOSS_NAMES = ("contrastive", "triplet", "binomial")
+DICTIONARY_INITS = ("random", "kmeans")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class TrainConfig:
     learn_alpha: bool = False
     rescale: bool = True
     freeze_bn: bool = True
+    # Dictionary initialisation: "random" (N(0, 1) entries) or "kmeans" (diablo.dictionary: centres of
+    # phi features of training images, the same for every channel in dimension-wise selection).
+    dictionary_init: str = "random"
     # Loss (contrastive, triplet, binomial) with the paper's parameters.
     loss: str = "binomial"
     # Adam learning rate of the pretrained layers (paper: 1e-5), and the factor for the new ones
@@ -152,6 +156,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.images_per_class < 2:
             raise ValueError("images_per_class must be >= 2 (a batch needs positive pairs)")
+        if self.dictionary_init not in DICTIONARY_INITS:
+            allowed = ", ".join(DICTIONARY_INITS)
+            raise ValueError(f"unknown dictionary_init {self.dictionary_init!r}; allowed: {allowed}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if min(self.workers, self.max_steps, self.max_per_class, self.weight_decay) < 0:

@@ -37,6 +37,7 @@ from diablo.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from diablo.config import PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
+from diablo.dictionary import initialise_dictionary
 from diablo.evaluation import embed, evaluate
 from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
@@ -79,12 +80,13 @@ def evaluation_sets(config: TrainConfig) -> tuple[Any, Any | None]:
     return dataset(config, "test", train=False), None
 
 
-def training_set(config: TrainConfig) -> Any:
-    train = dataset(config, "train", train=True)
+def training_set(config: TrainConfig, train: bool = True) -> Any:
+    """The training classes (without the validation ones), with the training or the test transform."""
+    data = dataset(config, "train", train=train)
     if config.val_fraction > 0:
-        kept, _ = split_classes(train.labels, config.val_fraction, config.seed)
-        return ClassSubset(train, kept)
-    return train
+        kept, _ = split_classes(data.labels, config.val_fraction, config.seed)
+        return ClassSubset(data, kept)
+    return data
 
 
 def measure(model: DiabloNet, queries: Any, gallery: Any | None, config: TrainConfig, device: torch.device) -> dict:
@@ -169,6 +171,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             warnings.warn(f"{out}: optimiser state of epoch {saved_epoch}, weights of epoch {epoch}; continuing",
                           stacklevel=2)
 
+    if config.dictionary_init == "kmeans" and not resume and model.selection is not None:
+        initialise_dictionary(model, training_set(config, train=False), seed=config.seed, progress=config.progress)
     train_set = training_set(config)
     sampler = ClassBalancedSampler(train_set.labels, config.classes_per_batch, config.images_per_class,
                                    batches_per_epoch=config.steps_per_epoch, seed=config.seed)
@@ -239,8 +243,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     """Flags built from TrainConfig's fields; all default to None so that given flags are known."""
-    p = argparse.ArgumentParser(prog="python -m diablo.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m diablo.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a dataset (or 'demo')")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from DIR/last.safetensors")
     hints = typing.get_type_hints(TrainConfig)
@@ -248,7 +251,8 @@ def parser() -> argparse.ArgumentParser:
         flag = "--" + FLAG_NAMES.get(field.name, field.name).replace("_", "-")
         kind = hints[field.name]
         if kind is bool:
-            p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default: {field.default}")
         else:
             convert = int if kind is int else float if kind is float else str
             p.add_argument(flag, dest=field.name, type=convert, default=None, help=f"default: {field.default}")

@@ -97,6 +97,25 @@ def test_validation_split_and_per_class_limit(folder, tmp_path):
     assert len(train_set) == len(queries) == 2 * 4
 
 
+def test_kmeans_dictionary_from_the_training_classes_only(folder, tmp_path, monkeypatch):
+    seen = {}
+
+    def initialise(model, images, **kw):
+        seen["labels"], seen["train"] = set(images.labels), images.dataset.transform
+        return real(model, images, **kw)
+
+    real = train_module.initialise_dictionary
+    monkeypatch.setattr(train_module, "initialise_dictionary", initialise)
+    out = tmp_path / "run"
+    argv = flags(folder, out, "--epochs", "1", "--val-fraction", "0.5", "--dictionary-init", "kmeans")
+    assert run(argv) == 0
+    config, _ = train_module.config_from_args(argv)
+    assert seen["labels"] == set(train_module.training_set(config).labels)  # no validation class
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in seen["train"].transforms)  # test transform
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["train_config"]["dictionary_init"] == "kmeans"
+
+
 def test_new_parts_learn_faster(folder):
     config, _ = train_module.config_from_args(["--backbone", "mobilenet_v2", "--pretrained", "none", "--lr", "1e-4",
                                                "--new-lr-factor", "10", "--attention", "post", "--learn-alpha"])
@@ -155,7 +174,8 @@ def test_preset_and_flags():
 
 
 @pytest.mark.parametrize("argv", [["--entries", "3"], ["--loss", "hinge"], ["--backbone", "vgg"],
-                                  ["--lr", "-1"], ["--epochs", "x"], ["--unknown-flag"], ["--resume", "/nope"]])
+                                  ["--lr", "-1"], ["--epochs", "x"],
+                                  ["--dictionary-init", "zeros"], ["--unknown-flag"], ["--resume", "/nope"]])
 def test_bad_flags_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as info:
         train_module.config_from_args(argv)
