@@ -1,7 +1,7 @@
 """Retrieval quality of the baseline and the four DIABLO variants under one training budget.
 
     .venv/bin/python benchmarks/quality.py [--datasets synthetic fashion-mnist] [--seeds 0 1 2]
-        [--steps 60] [--alphas 1 10 100] [--out runs/quality]
+        [--steps 60] [--alphas 1 10 100] [--dictionary-init random] [--out runs/quality]
 
 Per dataset, variant and seed: train from the ImageNet MobileNetV2 (N = 8, binomial deviance,
 Adam 1e-4 and 10x for the new layers) for `--steps` class-balanced batches, then Recall@1 and
@@ -9,7 +9,8 @@ MAP@R on the unseen test classes. Prints mean and std over seeds. On `synthetic`
 the attention localisation of each variant (seed 0): each dictionary entry's share of attention
 mass on the object and on each part, from the part masks, beside the area share (chance).
 `--alphas` adds a sweep of alpha for pre-attention + dimension-wise selection on the first
-dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy. Results are
+dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy.
+`--dictionary-init kmeans` starts every DIABLO dictionary from k-means centres. Results are
 appended to OUT/results.jsonl, so an interrupted run continues where it stopped.
 `--localise CKPT ...` only prints the localisation table of trained checkpoints.
 """
@@ -41,14 +42,17 @@ SETTINGS = {  # per dataset: image size, P x K, images per class kept
 }
 
 
-def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: float = 10.0) -> dict:
+def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: float = 10.0,
+        init: str = "random") -> dict:
     attention, selection = VARIANTS[variant]
+    init = "random" if attention == "none" else init
+    suffix = "" if init == "random" else f"-{init}"
     config = TrainConfig(dataset=dataset, backbone="mobilenet_v2", pretrained="imagenet", attention=attention,
-                         selection=selection, alpha=alpha, loss="binomial", lr=1e-4, new_lr_factor=10.0, epochs=1,
-                         steps_per_epoch=steps, seed=seed, workers=1, progress=False,
-                         out=str(out / f"{dataset}-{variant}-a{alpha:g}-s{seed}"), **SETTINGS[dataset])
+                         selection=selection, alpha=alpha, dictionary_init=init, loss="binomial", lr=1e-4,
+                         new_lr_factor=10.0, epochs=1, steps_per_epoch=steps, seed=seed, workers=1, progress=False,
+                         out=str(out / f"{dataset}-{variant}-a{alpha:g}{suffix}-s{seed}"), **SETTINGS[dataset])
     record = train(config)
-    return {"dataset": dataset, "variant": variant, "seed": seed, "steps": steps, "alpha": alpha,
+    return {"dataset": dataset, "variant": variant, "seed": seed, "steps": steps, "alpha": alpha, "init": init,
             "recall@1": record["recall@1"], "map@r": record["map@r"], "out": config.out}
 
 
@@ -80,6 +84,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--alphas", nargs="*", type=float, default=[])
+    p.add_argument("--dictionary-init", default="random", choices=["random", "kmeans"])
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--localise", nargs="+", type=Path, help="only the localisation of these checkpoints")
     args = p.parse_args()
@@ -93,6 +98,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    # the baseline has no dictionary: its rows serve every --dictionary-init
+    done = [r for r in done if r.get("init", "random") == args.dictionary_init or r["variant"] == "baseline"]
     key = lambda r: (r["dataset"], r["variant"], r["seed"], r["steps"], r["alpha"])  # noqa: E731
     seen = {key(r) for r in done}
     jobs = [(d, v, s, 10.0) for d in args.datasets for s in args.seeds for v in args.variants]
@@ -100,14 +107,15 @@ def main() -> None:
     for dataset, variant, seed, alpha in jobs:
         if (dataset, variant, seed, args.steps, alpha) in seen:
             continue
-        result = run(dataset, variant, seed, args.steps, out, alpha)
+        result = run(dataset, variant, seed, args.steps, out, alpha, args.dictionary_init)
         print(json.dumps(result), file=sys.stderr, flush=True)
         done.append(result)
         with open(log, "a") as file:
             file.write(json.dumps(result) + "\n")
 
     print("$ .venv/bin/python benchmarks/quality.py " + shlex.join(sys.argv[1:]))
-    print(f"\nRetrieval on unseen classes, {args.steps} steps, MobileNetV2, N = 8, mean ± std over seeds")
+    print(f"\nRetrieval on unseen classes, {args.steps} steps, MobileNetV2, N = 8, {args.dictionary_init} dictionary,"
+          " mean ± std over seeds")
     print(f"{'dataset':14} {'variant':15} {'seeds':>5} {'R@1':>14} {'MAP@R':>14}")
     for dataset in args.datasets:
         for variant in args.variants:
