@@ -7,7 +7,8 @@
 ImageNet MobileNetV2 (random dictionary and embedding layers), for the baseline and the DIABLO
 variants, with `rescale` (psi / the pooling get N * A ⊙ F) and without it (A ⊙ F, the literal
 Eq 9 / 13). Without it the pre-attention maps carry ~1/N of F at initialisation, which the
-frozen-statistics psi was never trained on.
+frozen-statistics psi was never trained on. A third row per variant starts the dictionary from
+k-means centres of phi features of the training images (`diablo.dictionary`).
 `checkpoint`: the same metrics for a trained checkpoint with its learned attention and with the
 attention forced to 1/N everywhere (every branch then sees the same features).
 """
@@ -22,6 +23,7 @@ import torch
 
 import diablo
 from diablo.data import build_transform
+from diablo.dictionary import initialise_dictionary
 from diablo.evaluation import embed, evaluate
 
 VARIANTS = [("none", "feature"), ("pre", "feature"), ("pre", "dimension"), ("post", "feature"), ("post", "dimension")]
@@ -47,20 +49,25 @@ def main() -> None:
     data = diablo.load_dataset("synthetic", split="test", transform=build_transform(False, args.image_size))
     print("$ .venv/bin/python benchmarks/uniform_attention.py " + shlex.join(sys.argv[1:]))
     print(f"synthetic test split, {len(data)} images; R@1 and MAP@R in %")
-    print(f"{'model':34} {'R@1':>6} {'MAP@R':>6}")
+    print(f"{'model':44} {'R@1':>6} {'MAP@R':>6}")
     if args.mode == "checkpoint":
         model, config, _ = diablo.load_checkpoint(args.path, device="cpu")
-        print(f"{config.variant + ', learned attention':34} {metrics(model, data)}", flush=True)
+        print(f"{config.variant + ', learned attention':44} {metrics(model, data)}", flush=True)
         force_uniform(model)
-        print(f"{config.variant + ', uniform attention':34} {metrics(model, data)}")
+        print(f"{config.variant + ', uniform attention':44} {metrics(model, data)}")
         return
+    train_images = diablo.load_dataset("synthetic", split="train", transform=build_transform(False, args.image_size))
     for attention, selection in VARIANTS:
-        for rescale in (True, False) if attention != "none" else (True,):
+        for rescale, init in [(True, "random"), (False, "random"), (True, "kmeans")] if attention != "none" else [
+                (True, "random")]:
             torch.manual_seed(0)
             config = diablo.ModelConfig(backbone="mobilenet_v2", pretrained="imagenet", attention=attention,
                                         selection=selection, rescale=rescale)
-            name = config.variant + ("" if attention == "none" else f", rescale={rescale}")
-            print(f"{name:34} {metrics(diablo.build_model(config), data)}", flush=True)
+            model = diablo.build_model(config)
+            if init == "kmeans":
+                initialise_dictionary(model, train_images, progress=False)
+            name = config.variant + ("" if attention == "none" else f", rescale={rescale}, {init}")
+            print(f"{name:44} {metrics(model, data)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class ModelConfig:
 
 
 LOSS_NAMES = ("contrastive", "triplet", "binomial")
-DICTIONARY_INITS = ("random", "kmeans")
+DICTIONARY_INITS = ("random", "shared", "kmeans")
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ class TrainConfig:
     learn_alpha: bool = False
     rescale: bool = True
     freeze_bn: bool = True
-    # Dictionary initialisation: "random" (N(0, 1) entries) or "kmeans" (diablo.dictionary: centres of
-    # phi features of training images, the same for every channel in dimension-wise selection).
+    # Dictionary initialisation (diablo.dictionary): "random" (N(0, 1) entries), "shared" (dimension-wise:
+    # random entries, the same for every channel) or "kmeans" (centres of phi features of training images,
+    # the same for every channel).
     dictionary_init: str = "random"
     # Loss (contrastive, triplet, binomial) with the paper's parameters.
     loss: str = "binomial"

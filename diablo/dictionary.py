@@ -1,11 +1,13 @@
-"""The dictionary's k-means initialisation (DESIGN.md §7; NetVLAD initialises its centres so).
+"""The dictionary's initialisations beside the N(0, 1) default: k-means centres (DESIGN.md §7;
+NetVLAD initialises its centres so), and random entries shared across channels.
 
 Spherical k-means (faiss) on the local features phi(f_ij) of training images gives N unit
 centres. Feature-wise selection takes them as its entries d^(n) (Eq 5); dimension-wise
 selection takes centre n as d_k^(n) for every channel k (Eq 10), so that its first attention
 maps are the feature-wise ones, the same for every channel, and each channel's entries move
 apart under the metric loss. Against the default N(0, 1) entries, the first assignments follow
-the data's own clusters instead of random directions.
+the data's own clusters instead of random directions. `share_across_channels` gives dimension-wise
+selection the same start from random entries (d_k^(n) = d_0^(n)): it separates the two effects.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ def kmeans_centres(features: np.ndarray, k: int, seed: int = 0, niter: int = 25,
                           max_points_per_centroid=len(features))
     kmeans.train(np.ascontiguousarray(features, dtype=np.float32))
     return kmeans.centroids
+
+
+def share_across_channels(model: DiabloNet) -> None:
+    """Dimension-wise selection: every channel k takes channel 0's entries, d_k^(n) = d_0^(n)."""
+    if model.dictionary is None or model.dictionary.dim() != 3:
+        raise ValueError("only dimension-wise selection has per-channel entries to share")
+    with torch.no_grad():
+        model.dictionary.copy_(model.dictionary[:, :1].expand_as(model.dictionary).clone())
 
 
 def initialise_dictionary(

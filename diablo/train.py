@@ -37,7 +37,7 @@ from diablo.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from diablo.config import PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
-from diablo.dictionary import initialise_dictionary
+from diablo.dictionary import initialise_dictionary, share_across_channels
 from diablo.evaluation import embed, evaluate
 from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
@@ -171,8 +171,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             warnings.warn(f"{out}: optimiser state of epoch {saved_epoch}, weights of epoch {epoch}; continuing",
                           stacklevel=2)
 
-    if config.dictionary_init == "kmeans" and not resume and model.selection is not None:
-        initialise_dictionary(model, training_set(config, train=False), seed=config.seed, progress=config.progress)
+    if model.selection is not None and not resume:
+        if config.dictionary_init == "kmeans":
+            initialise_dictionary(model, training_set(config, train=False), seed=config.seed, progress=config.progress)
+        elif config.dictionary_init == "shared" and config.selection == "dimension":
+            share_across_channels(model)
     train_set = training_set(config)
     sampler = ClassBalancedSampler(train_set.labels, config.classes_per_batch, config.images_per_class,
                                    batches_per_epoch=config.steps_per_epoch, seed=config.seed)

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import diablo
 from diablo.config import ModelConfig
-from diablo.dictionary import initialise_dictionary, kmeans_centres, local_features
+from diablo.dictionary import initialise_dictionary, kmeans_centres, local_features, share_across_channels
 
 
 def test_centres_are_the_clusters_directions():
@@ -79,3 +79,15 @@ def test_kmeans_centres_beat_random_entries_at_fitting_phi(images):
     initialise_dictionary(net, images, progress=False)
     kmeans_fit = (phi @ net.dictionary.detach().T).max(dim=1).values.mean()
     assert kmeans_fit > random_fit
+
+
+def test_shared_random_entries_start_as_feature_wise(images):
+    net = model("dimension")
+    share_across_channels(net)
+    d = net.dictionary.detach()
+    torch.testing.assert_close(d, d[:, :1].expand_as(d))
+    with torch.no_grad():
+        a = net.inspect(images.tensors[0][:2]).attention  # (B, N, c, h, w)
+    torch.testing.assert_close(a, a[:, :, :1].expand_as(a))  # one weight per place, as Eq 5 gives
+    with pytest.raises(ValueError, match="dimension-wise"):
+        share_across_channels(model("feature"))
