@@ -5,9 +5,13 @@ and turns the similarities into N attention maps that sum to 1 over the entries:
 with hardness alpha (Eq 7, 11) for training, or the one-hot arg-max (Eq 6) for inspection.
 M weights the feature map with each attention map (Eq 9, 13).
 
-Dictionary initialisation: i.i.d. N(0, 1) entries. Only directions matter (Eq 5 and 10 are
-cosines) and random directions in R^m are nearly orthogonal, so no entry starts favoured and
+Dictionary initialisation here: i.i.d. N(0, 1) entries. Only directions matter (Eq 5 and 10
+are cosines) and random directions in R^m are nearly orthogonal, so no entry starts favoured and
 the initial attention is close to uniform; the entries then specialise under the metric loss.
+For dimension-wise selection this draws each channel's entries independently, so each branch
+starts with its own random per-channel weights. `diablo.dictionary` offers the alternatives
+(k-means centres of phi features, the same for every channel; random entries shared across
+channels), which `TrainConfig.dictionary_init` selects; the demo preset uses k-means.
 
 Default alpha = 10. A cosine lies in [-1, 1], so alpha bounds the ratio between the largest
 and smallest weight of a place by e^(2 alpha): with alpha = 1 the weights stay within e^2 of each
