@@ -186,10 +186,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sop": {**PAPER, "dataset": "sop"},  # most SOP classes have < 10 images: the sampler repeats them
     "inshop": {**PAPER, "dataset": "inshop"},
     "cub-val": {**PAPER, "dataset": "cub", "val_fraction": 0.5},
-    # The bundled demo: small images, the ImageNet MobileNetV2, a CPU-sized budget.
-    # The k-means dictionary: on held-out training classes it lifted pre-dimension and post-feature,
-    # which trail the baseline from a random dictionary (checkpoints/README.md).
+    # The bundled demo: small images, the ImageNet MobileNetV2, a CPU-sized budget (checkpoints/make_demo.py
+    # adds each variant's dictionary initialisation, chosen on held-out training classes).
     "demo": dict(dataset="synthetic", backbone="mobilenet_v2", pretrained="imagenet", loss="binomial", lr=1e-4,
                  new_lr_factor=10.0, classes_per_batch=8, images_per_class=5, epochs=8, steps_per_epoch=25,
-                 image_size=128, dictionary_init="kmeans"),
+                 image_size=128),
 }
