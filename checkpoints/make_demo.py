@@ -1,6 +1,7 @@
 """Train the five bundled demo checkpoints and export them as float16 safetensors.
 
     .venv/bin/python checkpoints/make_demo.py [--work runs/demo] [--only pre-dimension ...]
+    .venv/bin/python checkpoints/make_demo.py --table     # the tables of checkpoints/README.md
 
 Each variant: `python -m diablo.train --preset demo --attention A --selection S --out runs/demo/V`
 (synthetic parts, ImageNet MobileNetV2, N = 8, 128 px, 8 x 5 batches, 8 epochs x 25 steps), plus
@@ -23,12 +24,13 @@ from diablo.checkpoint import read_metadata
 # (`--val-fraction 0.5`; checkpoints/README.md): the dictionary initialisation.
 VARIANTS = {
     "baseline": ("none", "feature", []),
-    "pre-dimension": ("pre", "dimension", ["--dictionary-init", "shared"]),
-    "post-feature": ("post", "feature", ["--dictionary-init", "kmeans"]),
-    "post-dimension": ("post", "dimension", []),
     "pre-feature": ("pre", "feature", []),
+    "post-feature": ("post", "feature", ["--dictionary-init", "kmeans"]),
+    "pre-dimension": ("pre", "dimension", ["--dictionary-init", "shared"]),
+    "post-dimension": ("post", "dimension", []),
 }
 HERE = Path(__file__).resolve().parent
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
 
 
 def finished(out: Path) -> bool:
@@ -40,12 +42,35 @@ def finished(out: Path) -> bool:
     return meta["epoch"] == meta["train_config"]["epochs"]
 
 
+def table() -> str:
+    """The Markdown tables of checkpoints/README.md, from the exported checkpoints' metadata."""
+    rows = ["| checkpoint | size | dictionary | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | command |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    curves = ["| model | epoch 2 | epoch 4 | epoch 6 | epoch 8 |", "|---|---|---|---|---|"]
+    for name in VARIANTS:
+        path = HERE / f"demo-{name}.safetensors"
+        _, meta = read_metadata(path)
+        m = meta["test_metrics"]
+        init = "-" if name == "baseline" else meta["train_config"].get("dictionary_init", "random")
+        figures = " | ".join(f"{100 * m[k]:.1f}" for k in METRICS)
+        size = f"{path.stat().st_size / 1e6:.1f} MB"
+        rows.append(f"| `demo-{name}` | {size} | {init} | {figures} | `{meta['command']}` |")
+        evaluated = [h for h in meta["history"] if "recall@1" in h]
+        curves.append(f"| {name} | " + " | ".join(f"{100 * h['recall@1']:.1f} / {100 * h['map@r']:.1f}"
+                                                   for h in evaluated) + " |")
+    return "\n".join(rows) + "\n\nTest Recall@1 / MAP@R along training:\n\n" + "\n".join(curves)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/demo", help="folder of the training runs")
     p.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="train just these variants")
     p.add_argument("--workers", default="1")
+    p.add_argument("--table", action="store_true", help="only print the README's tables of the exported checkpoints")
     args = p.parse_args()
+    if args.table:
+        print(table())
+        return
     for name in args.only or VARIANTS:
         attention, selection, chosen = VARIANTS[name]
         out = Path(args.work) / name
