@@ -11,7 +11,7 @@ the initial attention is close to uniform; the entries then specialise under the
 For dimension-wise selection this draws each channel's entries independently, so each branch
 starts with its own random per-channel weights. `diablo.dictionary` offers the alternatives
 (k-means centres of phi features, the same for every channel; random entries shared across
-channels), which `TrainConfig.dictionary_init` selects; the demo preset uses k-means.
+channels), which `TrainConfig.dictionary_init` selects, and says which variant wants which.
 
 Default alpha = 10. A cosine lies in [-1, 1], so alpha bounds the ratio between the largest
 and smallest weight of a place by e^(2 alpha): with alpha = 1 the weights stay within e^2 of each
