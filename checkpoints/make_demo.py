@@ -19,6 +19,8 @@ from pathlib import Path
 import diablo
 from diablo import train
 from diablo.checkpoint import read_metadata
+from diablo.config import PRESETS
+from diablo.protocol import epochs_done
 
 # Per variant: attention, selection, and the flags chosen on held-out training classes
 # (`--val-fraction 0.5`; checkpoints/README.md): the dictionary initialisation.
@@ -31,15 +33,6 @@ VARIANTS = {
 }
 HERE = Path(__file__).resolve().parent
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
-
-
-def finished(out: Path) -> bool:
-    """Whether the run in `out` has run all its epochs (it is then exported, not trained again)."""
-    last = out / "last.safetensors"
-    if not last.exists():
-        return False
-    meta = read_metadata(last)[1]
-    return meta["epoch"] == meta["train_config"]["epochs"]
 
 
 def table() -> str:
@@ -77,7 +70,7 @@ def main() -> None:
         argv = ["--preset", "demo", "--attention", attention, "--selection", selection, *chosen, "--eval-every", "2",
                 "--workers", args.workers, "--out", str(out)]
         print("python -m diablo.train " + " ".join(argv), flush=True)
-        if finished(out):
+        if epochs_done(out) == PRESETS["demo"]["epochs"]:
             print(f"{out} has run all its epochs: exporting it", flush=True)
         elif train.main(argv) != 0:
             raise SystemExit(f"training {name} failed")

@@ -34,6 +34,7 @@ def split_config(config: TrainConfig, split: int, val_fraction: float) -> TrainC
 
 
 def epochs_done(out: Path) -> int:
+    """The epochs the run in `out` has finished (0 when it has not saved one)."""
     last = out / "last.safetensors"
     return int(read_metadata(last)[1]["epoch"]) if last.exists() else 0
 
