@@ -10,7 +10,7 @@ the attention localisation of each variant (seed 0): each dictionary entry's sha
 mass on the object and on each part, from the part masks, beside the area share (chance).
 `--alphas` adds a sweep of alpha for pre-attention + dimension-wise selection on the first
 dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy.
-`--dictionary-init kmeans` starts every DIABLO dictionary from k-means centres. Results are
+`--dictionary-init shared|kmeans` gives every DIABLO dictionary that start. Results are
 appended to OUT/results.jsonl, so an interrupted run continues where it stopped.
 `--localise CKPT ...` only prints the localisation table of trained checkpoints.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import diablo
-from diablo.config import TrainConfig
+from diablo.config import DICTIONARY_INITS, TrainConfig
 from diablo.data import build_transform
 from diablo.data.subset import ClassSubset
 from diablo.explain import entry_statistics
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--alphas", nargs="*", type=float, default=[])
-    p.add_argument("--dictionary-init", default="random", choices=["random", "kmeans"])
+    p.add_argument("--dictionary-init", default="random", choices=DICTIONARY_INITS)
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--localise", nargs="+", type=Path, help="only the localisation of these checkpoints")
     args = p.parse_args()
