@@ -116,6 +116,16 @@ def test_kmeans_dictionary_from_the_training_classes_only(folder, tmp_path, monk
     assert meta["train_config"]["dictionary_init"] == "kmeans"
 
 
+@pytest.mark.parametrize("selection, shared", [("dimension", True), ("feature", False)])
+def test_shared_dictionary_start(folder, tmp_path, monkeypatch, selection, shared):
+    """`shared` gives dimension-wise selection channel-shared entries; feature-wise has no channels to share."""
+    calls = []
+    monkeypatch.setattr(train_module, "share_across_channels", calls.append)
+    argv = flags(folder, tmp_path / "run", "--epochs", "1", "--selection", selection, "--dictionary-init", "shared")
+    assert run(argv) == 0
+    assert len(calls) == int(shared)
+
+
 def test_new_parts_learn_faster(folder):
     config, _ = train_module.config_from_args(["--backbone", "mobilenet_v2", "--pretrained", "none", "--lr", "1e-4",
                                                "--new-lr-factor", "10", "--attention", "post", "--learn-alpha"])
