@@ -7,12 +7,11 @@ STAMP := $(VENV)/.installed
 app: $(STAMP)
 	$(VENV)/bin/streamlit run app/main.py
 
-test: $(STAMP) system
-	$(VENV)/bin/ruff check diablo app tests benchmarks checkpoints
+test: lint system
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check diablo app tests benchmarks
+	$(VENV)/bin/ruff check diablo app tests benchmarks checkpoints
 
 setup: $(STAMP)
 

@@ -30,6 +30,7 @@ import diablo
 from diablo.config import DICTIONARY_INITS, TrainConfig
 from diablo.data import build_transform
 from diablo.data.subset import ClassSubset
+from diablo.dictionary import effective_start
 from diablo.explain import entry_statistics
 from diablo.localisation import localise
 from diablo.train import train
@@ -45,7 +46,7 @@ SETTINGS = {  # per dataset: image size, P x K, images per class kept
 def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: float = 10.0,
         init: str = "random") -> dict:
     attention, selection = VARIANTS[variant]
-    init = "random" if attention == "none" else init
+    init = effective_start(init, attention, selection)
     suffix = "" if init == "random" else f"-{init}"
     config = TrainConfig(dataset=dataset, backbone="mobilenet_v2", pretrained="imagenet", attention=attention,
                          selection=selection, alpha=alpha, dictionary_init=init, loss="binomial", lr=1e-4,
@@ -98,8 +99,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    # the baseline has no dictionary: its rows serve every --dictionary-init
-    done = [r for r in done if r.get("init", "random") == args.dictionary_init or r["variant"] == "baseline"]
+    # the rows of the start each variant gets from --dictionary-init (random for the baseline, ...)
+    start = {v: effective_start(args.dictionary_init, *VARIANTS[v]) for v in VARIANTS}
+    done = [r for r in done if r.get("init", "random") == start[r["variant"]]]
     key = lambda r: (r["dataset"], r["variant"], r["seed"], r["steps"], r["alpha"])  # noqa: E731
     seen = {key(r) for r in done}
     jobs = [(d, v, s, 10.0) for d in args.datasets for s in args.seeds for v in args.variants]

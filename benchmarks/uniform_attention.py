@@ -24,7 +24,7 @@ import torch
 
 import diablo
 from diablo.data import build_transform
-from diablo.dictionary import initialise_dictionary, share_across_channels
+from diablo.dictionary import start_dictionary
 from diablo.evaluation import embed, evaluate
 from diablo.explain import entry_statistics
 
@@ -75,10 +75,7 @@ def main() -> None:
             config = diablo.ModelConfig(backbone="mobilenet_v2", pretrained="imagenet", attention=attention,
                                         selection=selection, rescale=rescale)
             model = diablo.build_model(config)
-            if init == "kmeans":
-                initialise_dictionary(model, train_images, progress=False)
-            elif init == "shared":
-                share_across_channels(model)
+            start_dictionary(model, init, lambda: train_images, progress=False)
             name = config.variant + ("" if attention == "none" else f", rescale={rescale}, {init}")
             print(f"{name:44} {metrics(model, data)}", flush=True)
 

@@ -6,7 +6,7 @@
 Each variant: `python -m diablo.train --preset demo --attention A --selection S --out runs/demo/V`
 (synthetic parts, ImageNet MobileNetV2, N = 8, 128 px, 8 x 5 batches, 8 epochs x 25 steps), plus
 the variant's dictionary initialisation, chosen on held-out training classes.
-A run that has finished all its epochs is exported without training it again.
+A finished run is exported without training it again, a partly finished one is resumed.
 The exported checkpoint is the run's *last* epoch (a fixed budget: no model selection on the
 test classes), with the test split's Recall@K, MAP@R and NMI under meta["test_metrics"].
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import diablo
 from diablo import train
 from diablo.checkpoint import read_metadata
-from diablo.config import PRESETS
-from diablo.protocol import epochs_done
+from diablo.data import k_list
+from diablo.protocol import train_to_end
 
 # Per variant: attention, selection, and the flags chosen on held-out training classes
 # (`--val-fraction 0.5`; checkpoints/README.md): the dictionary initialisation.
@@ -32,7 +32,7 @@ VARIANTS = {
     "post-dimension": ("post", "dimension", []),
 }
 HERE = Path(__file__).resolve().parent
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
+METRICS = (*(f"recall@{k}" for k in k_list("synthetic")), "map@r", "nmi")
 
 
 def table() -> str:
@@ -70,10 +70,7 @@ def main() -> None:
         argv = ["--preset", "demo", "--attention", attention, "--selection", selection, *chosen, "--eval-every", "2",
                 "--workers", args.workers, "--out", str(out)]
         print("python -m diablo.train " + " ".join(argv), flush=True)
-        if epochs_done(out) == PRESETS["demo"]["epochs"]:
-            print(f"{out} has run all its epochs: exporting it", flush=True)
-        elif train.main(argv) != 0:
-            raise SystemExit(f"training {name} failed")
+        train_to_end(train.config_from_args(argv)[0])
         model, config, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
         last = meta["history"][-1]
         meta["test_metrics"] = {k: v for k, v in last.items() if k.startswith(("recall@", "map@r", "nmi"))}

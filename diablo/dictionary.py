@@ -17,6 +17,8 @@ dimension-wise).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import faiss
 import numpy as np
 import torch
@@ -81,3 +83,23 @@ def initialise_dictionary(
     with torch.no_grad():
         model.dictionary.copy_(d if model.dictionary.dim() == 2 else d.unsqueeze(1).expand_as(model.dictionary))
     return centres
+
+
+def effective_start(start: str, attention: str, selection: str) -> str:
+    """The start a `dictionary_init` gives a variant: "random" for the baseline (no dictionary)
+    and for "shared" feature-wise selection (no channels to share)."""
+    if attention == "none" or (start == "shared" and selection != "dimension"):
+        return "random"
+    return start
+
+
+def start_dictionary(
+    model: DiabloNet, start: str, images: Callable[[], Dataset], seed: int = 0, progress: bool = True
+) -> None:
+    """Apply `TrainConfig.dictionary_init` to a newly built model; `images()` (training images with
+    the test transform) is only called for "kmeans"."""
+    start = effective_start(start, model.config.attention, model.config.selection)
+    if start == "kmeans":
+        initialise_dictionary(model, images(), seed=seed, progress=progress)
+    elif start == "shared":
+        share_across_channels(model)

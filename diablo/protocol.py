@@ -39,6 +39,13 @@ def epochs_done(out: Path) -> int:
     return int(read_metadata(last)[1]["epoch"]) if last.exists() else 0
 
 
+def train_to_end(config: TrainConfig) -> None:
+    """Train `config` unless its folder holds a finished run; resume a partly finished one."""
+    done = epochs_done(Path(config.out))
+    if done < config.epochs:
+        training.train(config, resume=done > 0)
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and (population) standard deviation of each metric over the splits."""
     return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
@@ -54,9 +61,7 @@ def run_protocol(config: TrainConfig, splits: int = 10, val_fraction: float = 0.
     rows = []
     for split in tqdm(range(splits), desc="splits", disable=not config.progress):
         run = split_config(config, split, val_fraction)
-        done = epochs_done(Path(run.out))
-        if done < run.epochs:
-            training.train(run, resume=done > 0)
+        train_to_end(run)
         model, _, _ = load_checkpoint(Path(run.out) / "best.safetensors", device=device)
         rows.append({"seed": run.seed, **training.measure(model, test_queries, test_gallery, run, device)})
     result = {"splits": rows, "summary": summarise(rows), "train_config": config.to_dict(),

@@ -37,8 +37,9 @@ from diablo.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from diablo.config import PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
-from diablo.dictionary import initialise_dictionary, share_across_channels
+from diablo.dictionary import start_dictionary
 from diablo.evaluation import embed, evaluate
+from diablo.files import atomic_write
 from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
 from diablo.samplers import ClassBalancedSampler
@@ -120,9 +121,7 @@ def save_train_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: i
     state = opt.state_dict()
     tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()}
     meta = {"param_groups": json.dumps(state["param_groups"]), "epoch": str(epoch), "step": str(step)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_train_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
@@ -171,11 +170,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             warnings.warn(f"{out}: optimiser state of epoch {saved_epoch}, weights of epoch {epoch}; continuing",
                           stacklevel=2)
 
-    if model.selection is not None and not resume:
-        if config.dictionary_init == "kmeans":
-            initialise_dictionary(model, training_set(config, train=False), seed=config.seed, progress=config.progress)
-        elif config.dictionary_init == "shared" and config.selection == "dimension":
-            share_across_channels(model)
+    if not resume:
+        start_dictionary(model, config.dictionary_init, lambda: training_set(config, train=False), seed=config.seed,
+                         progress=config.progress)
     train_set = training_set(config)
     sampler = ClassBalancedSampler(train_set.labels, config.classes_per_batch, config.images_per_class,
                                    batches_per_epoch=config.steps_per_epoch, seed=config.seed)

@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from training_run import flags
 
 import diablo
 from diablo import protocol
 from diablo import train as training
 from diablo.config import TrainConfig
-from tests.test_train import flags, folder  # noqa: F401  (the fixture)
 
 
-def test_two_splits_selected_on_validation_and_measured_on_test(folder, tmp_path, capsys):  # noqa: F811
+def test_two_splits_selected_on_validation_and_measured_on_test(folder, tmp_path, capsys):
     out = tmp_path / "protocol"
     argv = ["--splits", "2", *flags(folder, out, "--epochs", "1")]
     assert protocol.main(argv) == 0
@@ -35,7 +35,7 @@ def test_two_splits_selected_on_validation_and_measured_on_test(folder, tmp_path
     assert "recall@1" in capsys.readouterr().out
 
 
-def test_a_finished_split_is_not_trained_again(folder, tmp_path, monkeypatch):  # noqa: F811
+def test_a_finished_split_is_not_trained_again(folder, tmp_path, monkeypatch):
     out = tmp_path / "protocol"
     argv = ["--splits", "1", *flags(folder, out, "--epochs", "1")]
     assert protocol.main(argv) == 0

@@ -12,34 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from training_run import flags
 
 import diablo
+from diablo import dictionary
 from diablo import train as train_module
 from diablo.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """Eight classes of 6 small images: a colour per class plus noise; classes 0-3 train, 4-7 test."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for c in range(8):
-        (root / f"class{c}").mkdir()
-        colour = rng.integers(0, 255, 3)
-        for i in range(6):
-            pixels = np.clip(colour + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
-    return root
-
-
-def flags(folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["--dataset", "folder", "--root", str(folder), "--backbone", "mobilenet_v2", "--pretrained", "none",
-            "--attention", "pre", "--selection", "dimension", "--entries", "2", "--embedding-dim", "16",
-            "--image-size", "32", "--classes-per-batch", "2", "--images-per-class", "3", "--epochs", "2",
-            "--steps-per-epoch", "2", "--workers", "0", "--lr", "1e-4", "--no-progress", "--out", str(out), *extra]
 
 
 def run(argv: list[str]) -> int:
@@ -104,8 +84,8 @@ def test_kmeans_dictionary_from_the_training_classes_only(folder, tmp_path, monk
         seen["labels"], seen["train"] = set(images.labels), images.dataset.transform
         return real(model, images, **kw)
 
-    real = train_module.initialise_dictionary
-    monkeypatch.setattr(train_module, "initialise_dictionary", initialise)
+    real = dictionary.initialise_dictionary
+    monkeypatch.setattr(dictionary, "initialise_dictionary", initialise)
     out = tmp_path / "run"
     argv = flags(folder, out, "--epochs", "1", "--val-fraction", "0.5", "--dictionary-init", "kmeans")
     assert run(argv) == 0
@@ -120,7 +100,7 @@ def test_kmeans_dictionary_from_the_training_classes_only(folder, tmp_path, monk
 def test_shared_dictionary_start(folder, tmp_path, monkeypatch, selection, shared):
     """`shared` gives dimension-wise selection channel-shared entries; feature-wise has no channels to share."""
     calls = []
-    monkeypatch.setattr(train_module, "share_across_channels", calls.append)
+    monkeypatch.setattr(dictionary, "share_across_channels", calls.append)
     argv = flags(folder, tmp_path / "run", "--epochs", "1", "--selection", selection, "--dictionary-init", "shared")
     assert run(argv) == 0
     assert len(calls) == int(shared)

@@ -97,14 +97,11 @@ for slot, (column, model, gallery) in enumerate(zip(st.columns(2), models, galle
         )
 
 st.subheader("Recall@K on the gallery")
-from diablo.data import k_list  # noqa: E402
-
 rows = []
 for model, gallery in zip(models, galleries, strict=True):
     if model is None or gallery is None:
         continue
-    ks = k_list(gallery.spec.dataset)
-    metrics = lab.gallery_metrics(model, gallery, ks)
+    metrics = lab.gallery_metrics(model, gallery)
     rows.append({"checkpoint": model.name, "variant": model.variant, **lab.metrics_row(metrics)})
 if rows:
     st.dataframe(rows, hide_index=True)

@@ -76,9 +76,6 @@ for start in range(0, len(ids), columns_per_row):
                 lab.show_figure(fig, f"{model.name}-result-{r + 1}-branches", key=f"retrieval_branches_{r}")
 
 st.subheader("Recall@K on the gallery")
-from diablo.data import k_list  # noqa: E402
-
-ks = k_list(gallery.spec.dataset)
-metrics = lab.gallery_metrics(model, gallery, ks)
+metrics = lab.gallery_metrics(model, gallery)
 st.dataframe([{"checkpoint": model.name, **lab.metrics_row(metrics)}], hide_index=True)
 st.caption(f"{len(gallery)} images searched leave-one-out (each image queries the rest); values in %.")
