@@ -32,6 +32,7 @@ without the collapse of alpha = 100. `learn_alpha=True` learns it (in log space)
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as nnf
@@ -63,6 +64,8 @@ class Selection(nn.Module):
 
     def __init__(self, dictionary_shape: tuple[int, ...], alpha: float, learn_alpha: bool) -> None:
         super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < math.inf:
+            raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
         self.dictionary = nn.Parameter(torch.randn(dictionary_shape))
         self.learn_alpha = learn_alpha
         self.fixed_alpha = float(alpha)

@@ -1,4 +1,4 @@
-"""Backbones split at the cut points of DESIGN.md §3, and local pretrained-weight resolution.
+"""Backbones split at their cut points (CUTS), and local pretrained-weight resolution.
 
 A split is the triple (F, phi, psi) of the paper's Figure 1: F extracts the feature map,
 phi (a separate copy of the next layers, with the same pretrained initialisation) feeds the
@@ -39,6 +39,13 @@ CUTS: dict[tuple[str, str], Cut] = {
     ("mobilenet_v2", "post"): Cut(f=17, phi=18, values_channels=1280, phi_channels=320),
 }
 OUT_CHANNELS = {"googlenet": 1024, "mobilenet_v2": 1280}
+# The smallest square input side, in pixels, that every variant (baseline, pre and post attention, feature-
+# and dimension-wise) of each backbone embeds. Found by running every variant forward (train and eval mode,
+# a batch of 2 random images) at sides 96, 95, ..., 1 and keeping the last side before the first failure:
+# GoogLeNet's ceil-mode max-pools leave a 1 x 1 map by inception4e at side 15 and fail at 14 ("Output size is
+# too small"); MobileNetV2's padded convolutions give a 1 x 1 map down to side 1.
+# tests/test_backbones.py checks both sides of each bound.
+MIN_IMAGE_SIZE = {"googlenet": 15, "mobilenet_v2": 1}
 
 
 @dataclass
@@ -83,7 +90,8 @@ def weight_path(name: str, pretrained: str) -> Path:
     if pretrained != "imagenet":
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise FileNotFoundError(f"pretrained weights file {what}: {path}")
         return path
     file = WEIGHT_FILES[name]
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / file]
@@ -105,19 +113,32 @@ def weight_path(name: str, pretrained: str) -> Path:
     )
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _load_weights(name: str, net: nn.Module, pretrained: str) -> None:
+    """Load a local state dict into `net`; one ValueError line when the file is not one of `name`'s."""
     path = weight_path(name, pretrained)
+    expected = f"expected a state dict of torchvision's {name} saved with torch.save(model.state_dict())"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"cannot read pretrained weights {path}: {error}") from error
+        raise ValueError(f"cannot read pretrained weights {path}: not a PyTorch weights file ({expected}; "
+                         f"torch.load: {_first_line(error)})") from error
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of torchvision's {name}")
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of torchvision's {name} "
+                         f"({expected})")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"{path} holds a dict that is not a state dict of torchvision's {name} (not all names "
+                         f"to tensors; {expected})")
     state = {k: v for k, v in state.items() if not k.startswith("aux")}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches (e.g. a classifier with other classes)
-        raise ValueError(f"{path} does not match torchvision's {name}: {error}") from error
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise ValueError(f"{path} does not match torchvision's {name}: {details}") from error
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match torchvision's {name}: missing {missing[:3]}, unexpected {unexpected[:3]}"

@@ -1,21 +1,95 @@
-"""Configuration dataclasses, serialised as JSON into every checkpoint."""
+"""Configuration dataclasses, serialised as JSON into every checkpoint.
+
+Every field is checked when a config is made: a wrong type or value raises one ValueError line
+that names the field, what it got and what it takes. `HELP` and `CHOICES` describe TrainConfig's
+fields for command-line front ends.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from diablo.backbones import MIN_IMAGE_SIZE
 
 BACKBONES = ("googlenet", "mobilenet_v2")
 ATTENTIONS = ("pre", "post", "none")
 SELECTIONS = ("feature", "dimension")
+LOSS_NAMES = ("contrastive", "triplet", "binomial")
+DICTIONARY_INITS = ("random", "shared", "kmeans")
+# Learning-rate schedules: "constant", or "cosine" (linear warm-up, then cosine decay to a floor).
+SCHEDULES = ("constant", "cosine")
+# diablo.data.DATASETS, copied here so that the config does not import the data modules
+# (tests/test_config.py checks that the two tuples agree).
+DATASETS = ("cub", "cars", "sop", "inshop", "folder", "fashion-mnist", "synthetic")
+PRETRAINED_NAMES = ("none", "imagenet")
+
+
+def _fail(name: str, expected: str, value: object) -> ValueError:
+    return ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """`value` if it is one of `allowed`, else ValueError naming them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _boolean(name: str, value: object) -> bool:
+    """A real bool: "no", 0 or None are not taken for one."""
+    if not isinstance(value, bool):
+        raise _fail(name, "True or False", value)
+    return value
+
+
+def _integer(name: str, value: object, minimum: int) -> int:
+    """An int (not a bool, not a float) >= minimum, returned as a plain int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise _fail(name, f"an int >= {minimum}", value)
+    return int(value)
+
+
+def _real(name: str, value: object, low: float, high: float = math.inf, *,
+          low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (int or float, not a bool or a string) in the given interval, as a float."""
+    if high == math.inf:
+        expected = "a finite positive number" if (low, low_open) == (0, True) else (
+            f"a finite number {'>' if low_open else '>='} {low:g}")
+    else:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise _fail(name, expected, value)
+    if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+        raise _fail(name, expected, value)
+    return float(value)
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(name, "a non-empty string", value)
+    return value
+
+
+def _set(config: object, name: str, value: object) -> None:
+    """Store a normalised value (e.g. 10 -> 10.0) on a frozen dataclass."""
+    object.__setattr__(config, name, value)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a DiabloNet (paper §3, §4.1; DESIGN.md §2-3)."""
+    """Everything needed to rebuild a DiabloNet (paper §3, §4.1).
 
-    # torchvision backbone split at the cut points of DESIGN.md §3.
+    `pretrained` is checked for form only (a non-empty string): a checkpoint keeps the weights
+    path it was trained from, which need not exist where it is loaded. TrainConfig and
+    build_model (when it reads the weights) require the file.
+    """
+
+    # torchvision backbone, split into F, phi and psi (diablo.backbones.CUTS).
     backbone: str = "googlenet"
     # "none" (random init), "imagenet" (local torchvision weights, never downloaded) or a .pth path.
     pretrained: str = "imagenet"
@@ -32,29 +106,27 @@ class ModelConfig:
     # Learn alpha with the rest of the network instead of keeping it fixed.
     learn_alpha: bool = False
     # Feed psi / pool N * A ⊙ F instead of A ⊙ F so that uniform attention reproduces the
-    # pretrained backbone (DESIGN.md §7); a reparametrisation of psi, not a change of Eq 9 / 13.
+    # pretrained backbone; a reparametrisation of psi, not a change of Eq 9 / 13.
     rescale: bool = True
     # Keep the backbone's BatchNorm layers on their pretrained running statistics (common DML
     # practice); ignored with pretrained="none", whose initial statistics would collapse the features.
     freeze_bn: bool = True
 
     def __post_init__(self) -> None:
-        for field, allowed in (("backbone", BACKBONES), ("attention", ATTENTIONS), ("selection", SELECTIONS)):
-            value = getattr(self, field)
-            if value not in allowed:
-                raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
-        if not isinstance(self.num_entries, int) or isinstance(self.num_entries, bool) or self.num_entries < 1:
-            raise ValueError(f"num_entries must be a positive int, got {self.num_entries!r}")
-        if not isinstance(self.embedding_dim, int) or isinstance(self.embedding_dim, bool) or self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int, got {self.embedding_dim!r}")
+        _choice("backbone", self.backbone, BACKBONES)
+        _choice("attention", self.attention, ATTENTIONS)
+        _choice("selection", self.selection, SELECTIONS)
+        if not isinstance(self.pretrained, str) or not self.pretrained:
+            raise _fail("pretrained", "'none', 'imagenet' or a path to a .pth state dict", self.pretrained)
+        _set(self, "num_entries", _integer("num_entries", self.num_entries, 1))
+        _set(self, "embedding_dim", _integer("embedding_dim", self.embedding_dim, 1))
         if self.attention != "none" and self.embedding_dim % self.num_entries:
             raise ValueError(
                 f"num_entries ({self.num_entries}) must divide embedding_dim ({self.embedding_dim})"
             )
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
-        if not isinstance(self.pretrained, str) or not self.pretrained:
-            raise ValueError("pretrained must be 'none', 'imagenet' or a path to a .pth state dict")
+        _set(self, "alpha", _real("alpha", self.alpha, 0.0, low_open=True))
+        for name in ("learn_alpha", "rescale", "freeze_bn"):
+            _boolean(name, getattr(self, name))
 
     @property
     def branches(self) -> int:
@@ -72,26 +144,25 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Rebuild from JSON; unknown keys are an error, not silently dropped."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a ModelConfig is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown ModelConfig fields: {', '.join(sorted(map(str, unknown)))}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-LOSS_NAMES = ("contrastive", "triplet", "binomial")
-DICTIONARY_INITS = ("random", "shared", "kmeans")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run of `python -m diablo.train` (paper §3.5, §4.2; DESIGN.md §5).
+    """One training run of `python -m diablo.train` (paper §3.5, §4.2).
 
     Every field is a command-line flag (`num_entries` is `--entries`); `--preset` fills in the
-    paper's settings for a dataset first.
+    paper's settings for a dataset first. `HELP` describes each field, `CHOICES` the allowed
+    values of the string fields that have fixed ones.
     """
 
     # Dataset name (see diablo.data.DATASETS) and the folder that holds it (None: its default).
@@ -119,13 +190,23 @@ class TrainConfig:
     lr: float = 1e-5
     new_lr_factor: float = 1.0
     weight_decay: float = 0.0
-    # Class-balanced batches: P classes x K images (paper: 8 x 10).
+    # Learning-rate schedule over the optimiser steps (SCHEDULES): "constant" (the paper's), or
+    # "cosine": a linear warm-up from 0 to each parameter group's peak lr over `warmup_steps`, then a
+    # cosine decay to `min_lr_factor` x that peak at the last step.
+    schedule: str = "constant"
+    # Length of the linear warm-up, in optimiser steps (0: none).
+    warmup_steps: int = 0
+    # The cosine schedule's floor as a fraction of each group's peak lr, in [0, 1].
+    min_lr_factor: float = 0.0
+    # Class-balanced batches: P classes x K images (paper: 8 x 10). P >= 2 (a batch of one class has no
+    # negatives, so the triplet loss is 0) and K >= 2 (positive pairs).
     classes_per_batch: int = 8
     images_per_class: int = 10
     # Length of training (paper: 40 epochs of 200 steps).
     epochs: int = 40
     steps_per_epoch: int = 200
-    # Square crop size of training and test images (paper: 256).
+    # Square crop size of training and test images (paper: 256); at least the backbone's
+    # diablo.backbones.MIN_IMAGE_SIZE.
     image_size: int = 256
     # Use at most this many images of each class, in train and evaluation sets (0: all); for quick runs.
     max_per_class: int = 0
@@ -148,23 +229,32 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; allowed: {', '.join(LOSS_NAMES)}")
-        positive = ("lr", "classes_per_batch", "images_per_class", "epochs", "steps_per_epoch", "image_size",
-                    "eval_every", "batch_size_eval", "new_lr_factor")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.images_per_class < 2:
-            raise ValueError("images_per_class must be >= 2 (a batch needs positive pairs)")
-        if self.dictionary_init not in DICTIONARY_INITS:
-            allowed = ", ".join(DICTIONARY_INITS)
-            raise ValueError(f"unknown dictionary_init {self.dictionary_init!r}; allowed: {allowed}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if min(self.workers, self.max_steps, self.max_per_class, self.weight_decay) < 0:
-            raise ValueError("workers, max_steps, max_per_class and weight_decay must be >= 0")
-        self.model_config()  # validates the model fields
+        for name, allowed in CHOICES.items():
+            _choice(name, getattr(self, name), allowed)
+        if self.root is not None:
+            _text("root", self.root)
+        for name in ("device", "out"):
+            _text(name, getattr(self, name))
+        pretrained = self.pretrained
+        if not isinstance(pretrained, str) or not pretrained or (
+            pretrained not in PRETRAINED_NAMES and not Path(pretrained).expanduser().is_file()
+        ):
+            raise _fail("pretrained", "'none', 'imagenet' or the path of an existing .pth file", pretrained)
+        for name, minimum in INT_MINIMUMS.items():
+            _set(self, name, _integer(name, getattr(self, name), minimum))
+        minimum = MIN_IMAGE_SIZE[self.backbone]
+        if self.image_size < minimum:
+            raise _fail("image_size", f">= {minimum} for {self.backbone} (its smallest input)", self.image_size)
+        for name in ("lr", "new_lr_factor"):
+            _set(self, name, _real(name, getattr(self, name), 0.0, low_open=True))
+        _set(self, "weight_decay", _real("weight_decay", self.weight_decay, 0.0))
+        _set(self, "val_fraction", _real("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True))
+        _set(self, "min_lr_factor", _real("min_lr_factor", self.min_lr_factor, 0.0, 1.0))
+        for name in ("amp", "progress"):
+            _boolean(name, getattr(self, name))
+        model = self.model_config()  # validates (and normalises) the model fields
+        for field in dataclasses.fields(ModelConfig):
+            _set(self, field.name, getattr(model, field.name))
 
     def model_config(self) -> ModelConfig:
         """The ModelConfig made of this run's model fields (those named as in ModelConfig)."""
@@ -175,6 +265,75 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+# The string fields of TrainConfig with fixed choices, and those choices (`pretrained` is free text:
+# "none", "imagenet" or a path). A training CLI builds argparse `choices` from these.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "backbone": BACKBONES,
+    "attention": ATTENTIONS,
+    "selection": SELECTIONS,
+    "loss": LOSS_NAMES,
+    "dictionary_init": DICTIONARY_INITS,
+    "schedule": SCHEDULES,
+}
+
+# The int fields of TrainConfig (besides ModelConfig's) and their smallest allowed value.
+INT_MINIMUMS: dict[str, int] = {
+    "warmup_steps": 0,
+    "classes_per_batch": 2,
+    "images_per_class": 2,
+    "epochs": 1,
+    "steps_per_epoch": 1,
+    "image_size": 1,
+    "max_per_class": 0,
+    "seed": 0,
+    "workers": 0,
+    "batch_size_eval": 1,
+    "eval_every": 1,
+    "max_steps": 0,
+}
+
+# One line of help per TrainConfig field (its meaning and unit), for command-line front ends.
+HELP: dict[str, str] = {
+    "dataset": "dataset name",
+    "root": "folder that holds the dataset (default: the dataset's own)",
+    "backbone": "torchvision backbone",
+    "pretrained": "backbone weights: 'imagenet' (local files, never downloaded), 'none' or a .pth state dict path",
+    "attention": "where the attention sits: 'pre' (before psi), 'post' (after psi) or 'none' (the baseline)",
+    "selection": "'feature' (one weight per place) or 'dimension' (one weight per place and channel)",
+    "num_entries": "dictionary size N: attention maps and embedding branches",
+    "embedding_dim": "embedding length D (a multiple of N); each branch has D / N",
+    "alpha": "hardness of the soft assignment: the softmax's inverse temperature (> 0)",
+    "learn_alpha": "learn alpha (in log space) instead of keeping it fixed",
+    "rescale": "multiply the attended maps by N so that uniform attention reproduces the pretrained backbone",
+    "freeze_bn": "keep the pretrained backbone's BatchNorm running statistics",
+    "dictionary_init": "dictionary start: 'random' N(0, 1), 'shared' across channels, or 'kmeans' of phi features",
+    "loss": "metric loss, with the paper's parameters",
+    "lr": "Adam learning rate of the pretrained layers (peak lr under a schedule)",
+    "new_lr_factor": "learning-rate multiplier of the new layers (dictionary, alpha, embedding)",
+    "weight_decay": "Adam weight decay (L2 coefficient, >= 0)",
+    "schedule": "learning-rate schedule: 'constant', or 'cosine' (linear warm-up, then cosine decay to a floor)",
+    "warmup_steps": "linear learning-rate warm-up length, in optimiser steps (0: none)",
+    "min_lr_factor": "cosine schedule floor, as a fraction of each group's peak lr, in [0, 1]",
+    "classes_per_batch": "classes per batch, P (>= 2: a batch needs negatives)",
+    "images_per_class": "images per class in a batch, K (>= 2: a batch needs positive pairs)",
+    "epochs": "number of epochs",
+    "steps_per_epoch": "optimiser steps (batches) per epoch",
+    "image_size": "side of the square training and test crops, in pixels",
+    "max_per_class": "use at most this many images per class (0: all)",
+    "val_fraction": "share of the training classes held out for model selection, in [0, 1) (0: select on test)",
+    "seed": "random seed (>= 0)",
+    "device": "'auto' (cuda, then mps, then cpu) or a torch device string such as 'cuda:1'",
+    "amp": "bfloat16 autocast",
+    "workers": "data-loading worker processes (0: load in the main process)",
+    "batch_size_eval": "images per batch when embedding for evaluation",
+    "out": "output folder (checkpoints, metrics.jsonl, optimiser state)",
+    "eval_every": "evaluate every this many epochs (and after the last one)",
+    "max_steps": "stop after this many optimiser steps in total (0: no limit)",
+    "progress": "show progress bars",
+}
 
 
 # The paper's settings per dataset (§3.5, §5; DESIGN.md §5).

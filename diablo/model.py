@@ -16,7 +16,7 @@ from diablo.config import ModelConfig
 
 @dataclass
 class Inspection:
-    """Every intermediate a user may want to look at (DESIGN.md §2)."""
+    """Every intermediate a user may want to look at; every tensor has B rows, also when B = 0."""
 
     values: torch.Tensor  # (B, c, h, w): F (pre, baseline) or G = psi(F) (post), what the attention weights
     phi: torch.Tensor | None  # (B, m, h, w): phi(F); None for the baseline
@@ -96,7 +96,7 @@ class DiabloNet(nn.Module):
         if self.config.attention == "pre":
             g = merge(f, a) * self.scale  # (B, N, c, h, w)            G = M(F; A), Eq 3
             h = self.psi(g.flatten(0, 1))  # (B * N, C, h', w')      H = psi(G), Eq 4, one batch
-            h = h.unflatten(0, (x.shape[0], -1))  # (B, N, C, h', w')
+            h = h.unflatten(0, g.shape[:2])  # (B, N, C, h', w'); explicit N, so that B = 0 works too
             return self._readout(h, values=f, phi=phi, attention=a)
         g = self.psi(f)  # (B, C, h, w)                               G = psi(F), Eq 1
         h = merge(g, a) * self.scale  # (B, N, C, h, w)               H = M(G; A), Eq 2

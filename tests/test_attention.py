@@ -1,4 +1,5 @@
-"""diablo.attention: Eq 5-7 and 10-11 recomputed independently, Eq 6 ties, merging, memory, alpha."""
+"""diablo.attention: Eq 5-7 and 10-11 recomputed independently, Eq 6 ties, merging, memory, alpha (and its
+validation), empty batches."""
 
 from __future__ import annotations
 
@@ -248,3 +249,21 @@ def test_learned_alpha_gets_gradient_and_stays_positive(selection: str) -> None:
         optimizer.step()
         assert float(model.alpha.detach()) > 0
     assert float(model.alpha.detach()) < 1e-3
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, math.inf, math.nan, True, "10"], ids=repr)
+@pytest.mark.parametrize("learn_alpha", [False, True])
+def test_selection_refuses_an_alpha_that_is_not_a_finite_positive_number(alpha: object, learn_alpha: bool) -> None:
+    makers = [lambda: FeatureSelection(4, 8, alpha, learn_alpha),
+              lambda: DimensionSelection(4, 3, 8, alpha, learn_alpha)]
+    for make in makers:
+        with pytest.raises(ValueError, match="alpha") as info:
+            make()
+        assert "\n" not in str(info.value)
+
+
+def test_selection_of_an_empty_batch() -> None:
+    phi = torch.zeros(0, 8, 3, 5)
+    assert FeatureSelection(4, 8)(phi).shape == (0, 4, 1, 3, 5)
+    assert DimensionSelection(4, 6, 8)(phi, hard=True).shape == (0, 4, 6, 3, 5)
+    assert merge(torch.zeros(0, 6, 3, 5), torch.zeros(0, 4, 6, 3, 5)).shape == (0, 4, 6, 3, 5)

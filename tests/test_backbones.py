@@ -1,4 +1,5 @@
-"""diablo.backbones: the cut points of DESIGN.md §3, phi as a separate copy, and local weights."""
+"""diablo.backbones: the cut points, phi as a separate copy, local weights (one error line for a file that
+is not a state dict), and the measured smallest input of each backbone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as nnf
 from torchvision import models
 
-from diablo.backbones import CUTS, OUT_CHANNELS, GoogLeNetInput, build_backbone, weight_path
+import diablo
+from diablo.backbones import CUTS, MIN_IMAGE_SIZE, OUT_CHANNELS, GoogLeNetInput, build_backbone, weight_path
+from diablo.config import BACKBONES
 
 # DESIGN.md §3 at a 224 x 224 input: (channels, side) of F, phi(F) and the map that is pooled.
 TABLE = {
@@ -221,3 +224,69 @@ def test_real_mobilenet_weights_see_a_cat() -> None:
     assert int(logits.argmax()) in CAT_CLASSES
     assert torch.softmax(logits, dim=1)[0, list(CAT_CLASSES)].sum() > 0.5
     torch.testing.assert_close(features, net.features(x))  # diablo's baseline backbone is the same network
+
+
+VARIANTS = [("none", "feature"), ("pre", "feature"), ("pre", "dimension"), ("post", "feature"), ("post", "dimension")]
+
+
+def _tiny(backbone: str, attention: str, selection: str) -> diablo.DiabloNet:
+    cfg = diablo.ModelConfig(backbone=backbone, pretrained="none", attention=attention, selection=selection,
+                             num_entries=2, embedding_dim=16)
+    return diablo.build_model(cfg)
+
+
+def test_min_image_size_covers_every_backbone() -> None:
+    assert set(MIN_IMAGE_SIZE) == set(BACKBONES) == set(OUT_CHANNELS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids="-".join)
+@pytest.mark.parametrize("backbone", ["googlenet", "mobilenet_v2"])
+def test_every_variant_embeds_the_smallest_image_size(backbone: str, variant: tuple[str, str]) -> None:
+    model = _tiny(backbone, *variant)
+    side = MIN_IMAGE_SIZE[backbone]
+    with torch.no_grad():
+        for mode in (True, False):  # BatchNorm trains on its batch statistics with pretrained="none"
+            z = model.train(mode)(torch.randn(2, 3, side, side))
+            assert z.shape == (2, 16) and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids="-".join)
+def test_googlenet_fails_one_pixel_below_its_minimum(variant: tuple[str, str]) -> None:
+    """MobileNetV2's minimum is 1 (nothing smaller exists); GoogLeNet's ceil-mode pooling fails below 15."""
+    side = MIN_IMAGE_SIZE["googlenet"] - 1
+    with torch.no_grad(), pytest.raises(RuntimeError, match="too small"):
+        _tiny("googlenet", *variant).eval()(torch.randn(2, 3, side, side))
+
+
+@pytest.mark.parametrize("backbone", ["googlenet", "mobilenet_v2"])
+def test_text_file_is_one_value_error_line_naming_it(tmp_path: Path, backbone: str) -> None:
+    """A text file (like /etc/passwd) once failed with torch.load's bare "list index out of range"."""
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    with pytest.raises(ValueError) as info:
+        build_backbone(backbone, str(text), "pre")
+    message = str(info.value)
+    assert str(text) in message and "state dict" in message and backbone in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("payload", [{"features.0.0.weight": 1.0}, {1: torch.zeros(1)}], ids=["number", "int-key"])
+def test_dict_that_is_not_a_state_dict_is_refused(tmp_path: Path, payload: dict) -> None:
+    path = tmp_path / "dict.pth"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="not a state dict") as info:
+        build_backbone("mobilenet_v2", str(path), "none")
+    assert "\n" not in str(info.value)
+
+
+def test_other_shapes_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mobilenet_200_classes.pth"
+    torch.save(models.mobilenet_v2(weights=None, num_classes=200).state_dict(), path)
+    with pytest.raises(ValueError, match="classifier.1.weight") as info:
+        build_backbone("mobilenet_v2", str(path), "post")
+    assert "\n" not in str(info.value)
+
+
+def test_folder_is_not_a_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="folder"):
+        build_backbone("mobilenet_v2", str(tmp_path), "pre")

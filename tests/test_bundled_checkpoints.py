@@ -1,13 +1,16 @@
-"""checkpoints/: the five bundled demo checkpoints are what their names and metadata say."""
+"""checkpoints/: the five bundled demo checkpoints are what their names and metadata say, and carry digests."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
 import diablo
-from diablo.checkpoint import read_metadata
+from diablo.checkpoint import UnverifiedCheckpointWarning, read_checkpoint, read_metadata
 from diablo.data import build_transform, k_list
 from diablo.evaluation import embed, evaluate
 
@@ -39,3 +42,16 @@ def test_the_baseline_gives_its_recorded_recall():
     result = evaluate(*embed(model, data, batch_size=100, progress=False), (1,), with_nmi=False)
     assert result["recall@1"] == pytest.approx(meta["test_metrics"]["recall@1"], abs=0.01)
     assert result["map@r"] == pytest.approx(meta["test_metrics"]["map@r"], abs=0.005)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demo_checkpoint_carries_digests_that_verify(name):
+    path = FOLDER / f"demo-{name}.safetensors"
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    assert {"config_sha256", "meta_sha256", "weights_sha256"} <= set(metadata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnverifiedCheckpointWarning)
+        tensors, config, _ = read_checkpoint(path)  # refuses a file that does not match its digests
+    assert config.variant == name
+    assert tensors["embedding.weight"].dtype == torch.float16  # exported as float16, digested as stored

@@ -1,5 +1,6 @@
 """diablo.model: every variant's Inspection, Eq 9 / 13 and the branch readout recomputed, the baseline,
-frozen BatchNorm, gradients, and the rescaling under which uniform attention is the pretrained network."""
+frozen BatchNorm, gradients, the rescaling under which uniform attention is the pretrained network, empty
+batches, and the one-line error for a weights file that is not one."""
 
 from __future__ import annotations
 
@@ -289,3 +290,31 @@ def test_embedding_dtype_and_batch_independence() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1]), model(x)[:1], rtol=1e-4, atol=1e-5)
     assert nnf.normalize(model(x).detach(), dim=1).dtype == torch.float32
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("variant", ALL, ids="-".join)
+def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(variant: tuple[str, str, str], hard: bool) -> None:
+    """B = 0 (an empty upload, the last chunk of a split) works in every variant, like B = 2 with 0 rows."""
+    model = _model(*variant)
+    height, width = SMALL
+    with torch.no_grad():
+        empty = model.inspect(torch.zeros(0, 3, height, width), hard=hard)
+        full = model.inspect(_input(SMALL), hard=hard)
+        assert model(torch.zeros(0, 3, height, width)).shape == (0, D)
+    for name in ("values", "phi", "attention", "branch_embeddings", "embedding"):
+        got, reference = getattr(empty, name), getattr(full, name)
+        if reference is None:
+            assert got is None, name
+        else:
+            assert got.shape == (0, *reference.shape[1:]) and got.dtype == reference.dtype, name
+
+
+def test_build_model_names_a_file_that_is_not_a_state_dict(tmp_path) -> None:
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    cfg = _config("mobilenet_v2", "pre", "feature", pretrained=str(text))
+    with pytest.raises(ValueError) as info:
+        diablo.build_model(cfg)
+    message = str(info.value)
+    assert str(text) in message and "state dict" in message and "\n" not in message
