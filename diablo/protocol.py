@@ -22,9 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from diablo import train as training
-from diablo.checkpoint import load_checkpoint, read_metadata, resolve_device
+from diablo.checkpoint import load_checkpoint, resolve_device
 from diablo.config import TrainConfig
 from diablo.files import atomic_write_bytes
+from diablo.run_directory import RunDirectory
 
 
 def split_config(config: TrainConfig, split: int, val_fraction: float) -> TrainConfig:
@@ -33,17 +34,13 @@ def split_config(config: TrainConfig, split: int, val_fraction: float) -> TrainC
     return config.replace(seed=seed, val_fraction=val_fraction, out=str(Path(config.out) / f"split-{seed}"))
 
 
-def epochs_done(out: Path) -> int:
-    """The epochs the run in `out` has finished (0 when it has not saved one)."""
-    last = out / "last.safetensors"
-    return int(read_metadata(last)[1]["epoch"]) if last.exists() else 0
-
-
 def train_to_end(config: TrainConfig) -> None:
     """Train `config` unless its folder holds a finished run; resume a partly finished one."""
-    done = epochs_done(Path(config.out))
-    if done < config.epochs:
-        training.train(config, resume=done > 0)
+    run = RunDirectory(config.out)
+    if not run.holds_run():
+        training.train(config)
+    elif not training.finished(config, run.recover()):
+        training.train(config, resume=True)
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

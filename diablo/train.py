@@ -1,11 +1,13 @@
 """`python -m diablo.train`: the paper's training protocol (§3.5, §4.2), single process or torchrun.
 
-Each epoch: `steps_per_epoch` class-balanced batches, the metric loss on the batch's cosine
-similarities, Adam; then Recall@K (and MAP@R, NMI) on the held-out classes, and DIR/last and
-DIR/best (by R@1) written atomically, with a line in DIR/metrics.jsonl. DIR/train_state holds
-what `--resume DIR` needs beyond the weights: the optimiser's moments. The sampler and the
-augmentations are seeded per epoch from (seed, epoch, rank), so a resumed run draws the same
-batches as an uninterrupted one; a run killed mid-epoch restarts that epoch.
+Epoch 0 is the model before any step (pretrained backbone, the dictionary's start), evaluated like
+every later epoch, so that `best` can be "no training" when training does not help. Each epoch:
+`steps_per_epoch` class-balanced batches, the metric loss on the batch's cosine similarities, Adam
+at the rates of diablo.schedule; then Recall@K (and MAP@R, NMI) on the held-out classes, and the
+epoch committed to DIR as one atomic step (diablo.run_directory: last, best by Recall@1,
+train_state, metrics.jsonl). The sampler and the augmentations are seeded per epoch from (seed,
+epoch, rank), so a resumed run draws the same batches as an uninterrupted one; a run killed
+mid-epoch restarts that epoch.
 Multi-GPU / multi-node: `torchrun --nproc_per_node=G -m diablo.train ...` (DistributedDataParallel,
 nccl on GPU, gloo on CPU); rank 0 evaluates and writes.
 """
@@ -21,28 +23,29 @@ import subprocess
 import sys
 import time
 import typing
-import warnings
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from diablo.checkpoint import read_checkpoint, resolve_device, save_checkpoint
-from diablo.config import PRESETS, TrainConfig
+from diablo.checkpoint import read_checkpoint, resolve_device
+from diablo.config import CHOICES, HELP, PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
 from diablo.dictionary import start_dictionary
 from diablo.evaluation import embed, evaluate
-from diablo.files import atomic_write
 from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
+from diablo.run_directory import Manifest, RunDirectory, RunDirectoryError, load_optimiser
 from diablo.samplers import ClassBalancedSampler
+from diablo.schedule import apply_schedule
 
 FLAG_NAMES = {"num_entries": "entries"}
 
@@ -51,7 +54,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+@cache
 def git_commit() -> str:
+    """The commit of the code this process runs (read once)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -102,7 +107,32 @@ def measure(model: DiabloNet, queries: Any, gallery: Any | None, config: TrainCo
     return evaluate(emb, labels, ks, gallery=g_emb, gallery_labels=g_labels, with_nmi=with_nmi)
 
 
-# ----------------------------------------------------------------------------- state
+# ----------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where this process trains: its device, and its rank in a torchrun job (0 alone)."""
+
+    device: torch.device
+    rank: int = 0
+    distributed: bool = False
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> Job:
+        """Join the torchrun job if there is one (nccl on GPU, gloo on CPU)."""
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        device = resolve_device(config.device)
+        if distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda" and distributed:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        return cls(device, dist.get_rank() if distributed else 0, distributed)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
 
 
 def optimiser(model: DiabloNet, config: TrainConfig) -> torch.optim.Adam:
@@ -116,179 +146,199 @@ def optimiser(model: DiabloNet, config: TrainConfig) -> torch.optim.Adam:
     )
 
 
-def save_train_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
-    """Optimiser moments as safetensors (no pickle), the rest as JSON metadata."""
-    state = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    meta = {"param_groups": json.dumps(state["param_groups"]), "epoch": str(epoch), "step": str(step)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-def load_train_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
-    """Restore the optimiser; returns (epochs done, steps done) when it was saved."""
-    from safetensors import safe_open
-
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as file:
-        meta = file.metadata()
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("opt."):
-            _, index, key = name.split(".", 2)
-            moments.setdefault(int(index), {})[key] = value
-    opt.load_state_dict({"state": moments, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["epoch"]), int(meta["step"])
-
-
-# ----------------------------------------------------------------------------- loop
-
-
-def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run `config`; returns the last epoch's record. Resuming continues from config.out/last."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(config.device)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+def restore(config: TrainConfig, run: RunDirectory, resume: bool, job: Job
+            ) -> tuple[DiabloNet, torch.optim.Adam, Manifest]:
+    """The model and optimiser at the committed epoch (resume), or at the start: pretrained
+    backbone, the dictionary's start (diablo.dictionary), an empty manifest."""
     torch.manual_seed(config.seed)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    model_config = config.model_config()
-    model = build_model(model_config, load_pretrained=not resume).to(device)
+    model = build_model(config.model_config(), load_pretrained=not resume).to(job.device)
     opt = optimiser(model, config)
-    epoch, step, history = 0, 0, []
-    if resume:
-        tensors, _, meta = read_checkpoint(out / "last.safetensors")
-        model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
-        saved_epoch, _ = load_train_state(out / "train_state.safetensors", opt)
-        epoch, step, history = meta["epoch"], meta["step"], meta.get("history", [])
-        if saved_epoch != epoch:  # killed between the two writes of an epoch's end
-            warnings.warn(f"{out}: optimiser state of epoch {saved_epoch}, weights of epoch {epoch}; continuing",
-                          stacklevel=2)
-
     if not resume:
         start_dictionary(model, config.dictionary_init, lambda: training_set(config, train=False), seed=config.seed,
                          progress=config.progress)
+        return model, opt, Manifest()
+    manifest = run.manifest()
+    tensors, _, _ = read_checkpoint(run.weights(manifest.epoch))
+    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    load_optimiser(run.state(manifest.epoch), opt)
+    return model, opt, manifest
+
+
+def train_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, loss_fn: nn.Module,
+                config: TrainConfig, manifest: Manifest, job: Job) -> dict[str, Any]:
+    """One epoch of class-balanced batches; returns its row of the history (without metrics)."""
+    epoch, step = manifest.epoch + 1, manifest.step
+    loader.batch_sampler.set_epoch(manifest.epoch)
+    torch.manual_seed(config.seed + 1000 * manifest.epoch + job.rank)  # augmentations: the same after a resume
+    net.train()
+    start, losses = time.perf_counter(), []
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress or job.rank != 0,
+               leave=False)
+    for images, labels in bar:
+        images, labels = images.to(job.device, non_blocking=True), labels.to(job.device, non_blocking=True)
+        apply_schedule(opt, config, step)
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            z = net(images)  # (B, D)
+        loss = loss_fn(z.float(), labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {epoch}, step {step + 1}; stopped. The last good checkpoint "
+                f"is kept at {Path(config.out) / 'last.safetensors'}; lower --lr or check the data.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if config.max_steps and step >= config.max_steps:
+            break
+    seconds = time.perf_counter() - start
+    images_seen = len(losses) * config.classes_per_batch * config.images_per_class
+    return {"epoch": epoch, "step": step, "loss": sum(losses) / max(len(losses), 1),
+            "lr": opt.param_groups[0]["lr"], "time_s": seconds, "images_per_s": images_seen / seconds}
+
+
+def finished(config: TrainConfig, manifest: Manifest) -> bool:
+    return manifest.epoch >= config.epochs or bool(config.max_steps and manifest.step >= config.max_steps)
+
+
+def end_epoch(row: dict[str, Any], model: DiabloNet, opt: torch.optim.Optimizer, manifest: Manifest,
+              run: RunDirectory, evaluation: tuple[Any, Any | None], config: TrainConfig, job: Job) -> None:
+    """Evaluate when due (always at epoch 0 and at the end), then commit the epoch (rank 0)."""
+    manifest.epoch, manifest.step = row["epoch"], row["step"]
+    if row["epoch"] == 0 or row["epoch"] % config.eval_every == 0 or finished(config, manifest):
+        row.update(measure(model, *evaluation, config, job.device))
+    manifest.record(row)
+    meta = {"train_config": config.to_dict(), "epoch": manifest.epoch, "step": manifest.step,
+            "history": manifest.history, "best_epoch": manifest.best_epoch, "git_commit": git_commit(),
+            "evaluated_on": "validation" if config.val_fraction else "test"}
+    run.commit(manifest, model, config.model_config(), meta, opt)
+    summary = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+    tqdm.write(f"epoch {row['epoch']}: {summary}", file=sys.stderr)
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run `config` into config.out (diablo.run_directory); returns the last epoch's row.
+
+    A new run refuses a directory that holds one unless `overwrite`; `resume` continues the
+    committed epoch. Epoch 0 is the model before any step, evaluated like every other epoch.
+    """
+    job = Job.start(config)
+    run = RunDirectory(config.out)
+    if job.rank == 0:
+        run.recover() if resume else run.start(overwrite)
+    job.barrier()
+    model, opt, manifest = restore(config, run, resume, job)
+    evaluation = evaluation_sets(config) if job.rank == 0 else (None, None)
+    if not resume and job.rank == 0:
+        end_epoch({"epoch": 0, "step": 0}, model, opt, manifest, run, evaluation, config, job)
     train_set = training_set(config)
     sampler = ClassBalancedSampler(train_set.labels, config.classes_per_batch, config.images_per_class,
                                    batches_per_epoch=config.steps_per_epoch, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
-    queries, gallery = evaluation_sets(config) if rank == 0 else (None, None)
+                        pin_memory=job.device.type == "cuda", persistent_workers=config.workers > 0)
+    net: nn.Module = DistributedDataParallel(model, device_ids=[job.device.index] if job.device.type == "cuda"
+                                             else None) if job.distributed else model
     loss_fn = build_loss(config.loss)
-    net: nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed else model
-    commit = git_commit()  # the code this run started with
-    best = max((h.get("recall@1", -1.0) for h in history), default=-1.0)
-    record: dict[str, Any] = history[-1] if history else {}
-
-    while epoch < config.epochs and not (config.max_steps and step >= config.max_steps):
-        sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed + 1000 * epoch + rank)  # augmentations: the same after a resume
-        net.train()
-        start, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress or rank != 0,
-                   leave=False)
-        for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                z = net(images)
-            loss = loss_fn(z.float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
-                    f"checkpoint is kept at {out / 'last.safetensors'}; lower --lr or check the data."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if config.max_steps and step >= config.max_steps:
-                break
-        epoch += 1
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "step": step, "loss": sum(losses) / max(len(losses), 1), "time_s": seconds,
-                  "images_per_s": len(losses) * sampler.classes_per_batch * sampler.images_per_class / seconds}
-        if rank == 0:
-            last = epoch >= config.epochs or bool(config.max_steps and step >= config.max_steps)
-            if epoch % config.eval_every == 0 or last:
-                record.update(measure(model, queries, gallery, config, device))
-            history.append(record)
-            meta = {"train_config": config.to_dict(), "epoch": epoch, "step": step, "history": history,
-                    "git_commit": commit, "evaluated_on": "validation" if config.val_fraction else "test"}
-            save_train_state(out / "train_state.safetensors", opt, epoch, step)
-            save_checkpoint(out / "last.safetensors", model, model_config, meta)
-            if record.get("recall@1", -1.0) > best:
-                best = record["recall@1"]
-                save_checkpoint(out / "best.safetensors", model, model_config, meta)
-            with open(out / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            summary = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
-            tqdm.write(f"epoch {epoch}: {summary}", file=sys.stderr)
-        if distributed:
-            dist.barrier()
-    if distributed:
+    while not finished(config, manifest):
+        row = train_epoch(net, loader, opt, loss_fn, config, manifest, job)
+        if job.rank == 0:
+            end_epoch(row, model, opt, manifest, run, evaluation, config, job)
+        else:
+            manifest.epoch, manifest.step = row["epoch"], row["step"]
+        job.barrier()
+    if job.distributed:
         dist.destroy_process_group()
-    return record
+    return manifest.history[-1] if manifest.history else {}
 
 
 # ----------------------------------------------------------------------------- CLI
 
+# What a resumed run may change: how long it runs, the optimiser's rates, how it evaluates and where
+# it computes. Everything else (the model, the data, the batches) would make the run another one.
+RESUMABLE = frozenset({"epochs", "steps_per_epoch", "max_steps", "lr", "new_lr_factor", "weight_decay",
+                       "schedule", "warmup_steps", "min_lr_factor", "eval_every", "workers", "batch_size_eval",
+                       "device", "amp", "progress"})
+
+
+def flag(name: str) -> str:
+    return "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+
 
 def parser() -> argparse.ArgumentParser:
-    """Flags built from TrainConfig's fields; all default to None so that given flags are known."""
+    """Flags built from TrainConfig's fields (help and choices from diablo.config); all default to
+    None so that the flags a user gave are known."""
     p = argparse.ArgumentParser(prog="python -m diablo.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a dataset (or 'demo')")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from DIR/last.safetensors")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last committed epoch; "
+                   "flags given with it change only what a run can change (length, rates, evaluation, device)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + FLAG_NAMES.get(field.name, field.name).replace("_", "-")
-        kind = hints[field.name]
+        kind, help_text = hints[field.name], f"{HELP.get(field.name, '')} (default: {field.default})"
         if kind is bool:
-            p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"default: {field.default}")
+            p.add_argument(flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_text)
         else:
             convert = int if kind is int else float if kind is float else str
-            p.add_argument(flag, dest=field.name, type=convert, default=None, help=f"default: {field.default}")
+            p.add_argument(flag(field.name), dest=field.name, type=convert, default=None,
+                           choices=CHOICES.get(field.name), help=help_text)
     return p
 
 
+def resumed_config(p: argparse.ArgumentParser, directory: str, given: dict[str, Any]) -> TrainConfig:
+    """The stored config of the run in `directory` with the given flags that a resume may change;
+    any other flag that differs from the run's is refused."""
+    stored = RunDirectory(directory).train_config()
+    fixed = sorted(k for k, v in given.items() if k not in RESUMABLE and stored.get(k) != v)
+    if fixed:
+        shown = ", ".join(f"{flag(k)} (the run has {stored.get(k)!r})" for k in fixed)
+        p.error(f"{shown} cannot change on --resume; start a new run with another --out")
+    return TrainConfig(**{**stored, **given, "out": directory})
+
+
 def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """(config, resume) of a command line; usage errors exit with status 2 and one line."""
+    config, resume, _ = parse(argv)
+    return config, resume
+
+
+def parse(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
+    """(config, resume, overwrite) of a command line, checked before any work starts."""
     p = parser()
     args = vars(p.parse_args(argv))
-    preset, resume = args.pop("preset"), args.pop("resume")
+    preset, resume, overwrite = args.pop("preset"), args.pop("resume"), args.pop("overwrite")
     given = {k: v for k, v in args.items() if v is not None}
+    if resume and (overwrite or preset):
+        p.error("--resume continues a run as it was; it takes neither --overwrite nor --preset")
     try:
-        if resume:
-            last = Path(resume) / "last.safetensors"
-            stored = read_checkpoint(last)[2].get("train_config")
-            if stored is None:
-                p.error(f"{last} holds no training config to resume from")
-            return TrainConfig(**{**stored, **given, "out": resume}), True
-        return TrainConfig(**{**PRESETS.get(preset, {}), **given}), False
+        config = resumed_config(p, resume, given) if resume else TrainConfig(**{**PRESETS.get(preset, {}), **given})
+        resolve_device(config.device)
     except (ValueError, TypeError, FileNotFoundError) as error:
         p.error(str(error))
-    raise AssertionError("unreachable")
+    return config, bool(resume), overwrite
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, resume = config_from_args(argv)
+    config, resume, overwrite = parse(argv)
     try:
-        record = train(config, resume=resume)
-    except TrainingDiverged as error:
+        record = train(config, resume=resume, overwrite=overwrite)
+    except RunDirectoryError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (TrainingDiverged, ValueError, OSError) as error:
+        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        return 1
+    manifest = RunDirectory(config.out).manifest()
+    if manifest.best_epoch == 0 and manifest.epoch > 0:
+        start = manifest.history[0]
+        print(f"warning: training did not beat its start: the untrained model (epoch 0, Recall@1 "
+              f"{start['recall@1']:.4f}) scored best; best.safetensors is that model", file=sys.stderr)
     metrics = {k: round(v, 4) for k, v in record.items() if isinstance(v, float) and not math.isnan(v)}
-    print(json.dumps({"out": config.out, **metrics}))
+    print(json.dumps({"out": config.out, **metrics, "best_epoch": manifest.best_epoch}))
     return 0
 
 

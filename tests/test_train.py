@@ -18,6 +18,7 @@ import diablo
 from diablo import dictionary
 from diablo import train as train_module
 from diablo.config import TrainConfig
+from diablo.run_directory import load_optimiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +31,12 @@ def test_end_to_end_writes_checkpoints_and_metrics(folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(flags(folder, out)) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2]
-    assert all(np.isfinite(line["loss"]) and 0 <= line["recall@1"] <= 1 for line in lines)
+    assert [line["epoch"] for line in lines] == [0, 1, 2]  # epoch 0: the untrained model
+    assert all(np.isfinite(line["loss"]) for line in lines[1:]) and "loss" not in lines[0]
+    assert all(0 <= line["recall@1"] <= 1 for line in lines)
     model, cfg, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
     assert cfg.num_entries == 2 and cfg.selection == "dimension"
-    assert meta["epoch"] == 2 and meta["step"] == 4 and len(meta["history"]) == 2
+    assert meta["epoch"] == 2 and meta["step"] == 4 and len(meta["history"]) == 3
     assert meta["train_config"]["dataset"] == "folder" and meta["git_commit"]
     _, _, best = diablo.load_checkpoint(out / "best.safetensors", device="cpu")
     assert best["history"][-1]["recall@1"] == max(line["recall@1"] for line in lines)
@@ -48,7 +50,7 @@ def test_resume_continues_from_last(folder, tmp_path):
     assert run(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
     assert meta["epoch"] == 2 and meta["step"] == 4
-    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
 
 
 def test_resume_restores_the_optimiser(folder, tmp_path):
@@ -57,7 +59,7 @@ def test_resume_restores_the_optimiser(folder, tmp_path):
     config = TrainConfig(**diablo.load_checkpoint(out / "last.safetensors", device="cpu")[2]["train_config"])
     model = diablo.build_model(config.model_config())
     opt = train_module.optimiser(model, config)
-    epoch, step = train_module.load_train_state(out / "train_state.safetensors", opt)
+    epoch, step = load_optimiser(out / "train_state.safetensors", opt)
     assert (epoch, step) == (1, 2)
     moments = [s for s in opt.state_dict()["state"].values()]
     assert moments and all(float(s["step"]) == 2 for s in moments)
@@ -125,7 +127,9 @@ def test_killed_mid_epoch_then_resumed_ends_with_a_valid_checkpoint(folder, tmp_
     proc = subprocess.Popen([sys.executable, "-m", "diablo.train", *argv], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (out / "last.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline \
+            and proc.poll() is None:  # epoch 1 committed (epoch 0 is the untrained model)
         time.sleep(0.2)
     time.sleep(0.2)  # inside epoch 2 (40 steps), whose end is far off
     if proc.poll() is not None:
@@ -189,4 +193,4 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
     assert meta["epoch"] == 2 and meta["step"] == 4
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
