@@ -1,9 +1,9 @@
 """The DIABLO attention lab: `streamlit run app/main.py`.
 
-Routes the pages with st.navigation. Pages live in app/pages/ and only call app.lab and the
-diablo API; each page starts with `lab.context()`, which draws the sidebar (checkpoint, gallery,
-device). The sidebar is drawn by the page rather than here because Streamlit's AppTest reruns a
-page script without this one.
+The entrypoint of every run: it sets the page config, draws the shared sidebar (checkpoint,
+gallery, device; app/lab/sidebar.py) and runs the page chosen in the navigation. Widgets
+created here, before `pg.run()`, keep their state across pages. The pages live in app/views/
+and read what the sidebar selected with `sidebar.context()`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the pa
 
 import streamlit as st  # noqa: E402
 
+from app.lab import sidebar  # noqa: E402
+
 st.set_page_config(page_title="DIABLO attention lab", page_icon=":material/center_focus_strong:", layout="wide")
 
 PAGES = [
-    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:", default=True),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
-    st.Page("pages/retrieval.py", title="Retrieval", icon=":material/image_search:"),
-    st.Page("pages/attribution.py", title="Attribution", icon=":material/highlight:"),
-    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("views/attention.py", title="Attention", icon=":material/visibility:", default=True),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("views/retrieval.py", title="Retrieval", icon=":material/image_search:"),
+    st.Page("views/attribution.py", title="Attribution", icon=":material/highlight:"),
+    st.Page("views/training.py", title="Training", icon=":material/monitoring:"),
 ]
 
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+sidebar.draw()
+page.run()

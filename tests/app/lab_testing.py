@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def open_page(app, page: str):
-    """Run the app once, switch to app/pages/<page>.py and run it; returns the AppTest."""
+    """Run the app once, switch to app/views/<page>.py and run it; returns the AppTest."""
     app.run()
-    app.switch_page(f"pages/{page}.py")
+    app.switch_page(f"views/{page}.py")
     app.run()
     return app
 
@@ -38,3 +38,14 @@ def png(size: tuple[int, int] = (48, 48), mode: str = "RGB", fmt: str = "PNG") -
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def figures(app) -> list:
+    """The plotly figures of the last run, as plotly Figures (from each chart's JSON spec)."""
+    import plotly.io
+
+    return [plotly.io.from_json(chart.proto.spec) for chart in app.get("plotly_chart")]
+
+
+def figure_titles(app) -> list[str]:
+    return [fig.layout.title.text or "" for fig in figures(app)]

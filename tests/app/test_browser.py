@@ -176,7 +176,7 @@ def check_compare(page) -> None:
 
 def check_embeddings(page) -> None:
     titles = plotly_titles(page)
-    assert any(t.startswith("PCA of the full embedding of 12 gallery images") for t in titles), titles
+    assert any(t.startswith("PCA of the whole embedding of 12 gallery images") for t in titles), titles
     points = main(page).locator('[data-testid="stPlotlyChart"] .scatterlayer .point')
     assert points.count() == 12
     assert main(page).get_by_text("Draw a box or a lasso").is_visible()

@@ -32,7 +32,7 @@ def test_another_result_and_one_branch(app):
 def test_baseline(app):
     app.run()
     app.selectbox(key="checkpoint").set_value("demo-baseline.safetensors").run()
-    app.switch_page("pages/attribution.py").run()
+    app.switch_page("views/attribution.py").run()
     assert_ok(app)
     assert "Grad-CAM (the whole embedding)" in captions(app)
     assert any("baseline" in i for i in texts(app.info))

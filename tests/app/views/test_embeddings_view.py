@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lab_testing import assert_ok, open_page, texts
+from lab_testing import assert_ok, figure_titles, open_page, texts
 
-from app import lab
+from app.lab import galleries, models, projections, settings
 
 
 class _NeverDone:
@@ -21,20 +21,20 @@ class _NeverDone:
 
 @pytest.fixture
 def fresh_jobs():
-    lab.forget_projection_jobs()
+    projections.forget_projection_jobs()
     yield
-    lab.forget_projection_jobs()
+    projections.forget_projection_jobs()
 
 
 def test_pca_scatter_of_full_embedding_and_branch(app):
     open_page(app, "embeddings")
     assert_ok(app)
     assert "Embeddings" in texts(app.header)
-    assert len(app.get("plotly_chart")) == 1
+    assert figure_titles(app) == ["PCA of the whole embedding of 12 gallery images (demo-pre-dimension)"]
     assert any("Draw a box or a lasso" in i for i in texts(app.info))
     app.selectbox(key="embeddings_branch").set_value("Branch 2").run()
     assert_ok(app)
-    assert len(app.get("plotly_chart")) == 1
+    assert figure_titles(app) == ["PCA of branch 2 of 12 gallery images (demo-pre-dimension)"]
 
 
 def test_umap_runs_in_the_background_and_pca_shows_meanwhile(app, fresh_jobs, monkeypatch):
@@ -53,11 +53,11 @@ def test_umap_from_the_disk_cache(app, fresh_jobs, monkeypatch):
     import diablo.projection
 
     open_page(app, "embeddings")
-    # write the UMAP result where lab.projection looks for it, then no job is started
-    model = lab.load_model(lab.checkpoint_ref(lab.list_checkpoints()["demo-pre-dimension.safetensors"]))
-    gallery = lab.load_gallery(lab.default_gallery(), model.image_size)
-    index = lab.gallery_index(model, gallery)
-    path = diablo.projection.cache_path(lab.cache_dir() / "projections", index.key, "umap", None,
+    # write the UMAP result where projections.projection looks for it, then no job is started
+    model = models.load_model(models.checkpoint_ref(models.list_checkpoints()["demo-pre-dimension.safetensors"]))
+    gallery = galleries.load_gallery(galleries.default_gallery(), model.image_size)
+    index = galleries.gallery_index(model, gallery)
+    path = diablo.projection.cache_path(settings.cache_dir() / "projections", index.key, "umap", None,
                                         index.num_branches, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, np.random.default_rng(0).normal(size=(len(gallery), 2)).astype(np.float32))
@@ -66,11 +66,3 @@ def test_umap_from_the_disk_cache(app, fresh_jobs, monkeypatch):
     assert_ok(app)
     assert not app.get("progress")
     assert len(app.get("plotly_chart")) == 1
-
-
-def test_selected_gallery_ids():
-    event = {"selection": {"points": [{"customdata": 4}, {"customdata": [2]}, {"customdata": 4}, {"x": 1}],
-                           "point_indices": [0, 1, 2]}}
-    assert lab.selected_gallery_ids(event) == [4, 2]
-    assert lab.selected_gallery_ids(None) == []
-    assert lab.selected_gallery_ids({"selection": {"points": []}}) == []

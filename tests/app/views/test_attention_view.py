@@ -69,12 +69,12 @@ def test_broken_checkpoint_shows_an_error_and_other_pages_work(app, lab_env):
     assert_ok(app)
     assert any("broken.safetensors" in e for e in texts(app.sidebar.error))
     assert any("broken.safetensors" in e for e in texts(app.main.error))
-    app.switch_page("pages/compare.py").run()  # Compare picks its own checkpoints
+    app.switch_page("views/compare.py").run()  # Compare picks its own checkpoints
     assert_ok(app)
     assert "Compare" in texts(app.header)
     assert len(app.dataframe) == 1
     app.text_input(key="checkpoint_path").set_value("").run()
-    app.switch_page("pages/attention.py").run()
+    app.switch_page("views/attention.py").run()
     assert_ok(app)
     assert not app.main.error
 
@@ -119,15 +119,3 @@ def test_converted_uploads_are_accepted(app):
         assert_ok(app)
         assert not app.error, texts(app.error)
         assert any(c.startswith(name) for c in captions(app)), name
-
-
-def test_sidebar_choices_survive_a_page_switch(app):
-    app.run()
-    app.selectbox(key="checkpoint").set_value("demo-post-feature.safetensors").run()
-    app.switch_page("pages/training.py").run()
-    assert_ok(app)
-    assert app.selectbox(key="checkpoint").value == "demo-post-feature.safetensors"
-    assert app.multiselect(key="training_checkpoints").value == ["demo-post-feature.safetensors"]
-    app.switch_page("pages/attention.py").run()
-    assert app.selectbox(key="checkpoint").value == "demo-post-feature.safetensors"
-    assert not app.warning  # no "default value set via the Session State API" notice

@@ -47,6 +47,6 @@ def test_upload_as_query_and_a_bad_upload(app):
 def test_baseline_has_no_branch_charts(app):
     app.run()
     app.selectbox(key="checkpoint").set_value("demo-baseline.safetensors").run()
-    app.switch_page("pages/retrieval.py").run()
+    app.switch_page("views/retrieval.py").run()
     assert_ok(app)
     assert len(result_captions(app)) == 8 and not app.get("plotly_chart")

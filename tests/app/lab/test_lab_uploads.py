@@ -1,4 +1,4 @@
-"""The upload handling every page's picker calls (app.lab.read_upload), on hostile and odd bytes."""
+"""The upload decoding every page's picker calls (app.lab.uploads.read_upload), on hostile and odd bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from lab_testing import png
 from PIL import Image
 
-from app import lab
+from app.lab.uploads import read_upload
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -36,7 +36,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 )
 def test_refused_with_a_reason(data, reason):
     with pytest.raises(ValueError, match=reason):
-        lab.read_upload(data)
+        read_upload(data)
 
 
 @pytest.mark.parametrize(
@@ -45,12 +45,14 @@ def test_refused_with_a_reason(data, reason):
      ("P", "PNG", "P"), ("RGB", "JPEG", None)],
 )
 def test_converted_to_rgb(mode, fmt, converted):
-    image, note = lab.read_upload(png((40, 32), mode, fmt))
-    assert image.mode == "RGB" and image.size == (40, 32)
+    upload = read_upload(png((40, 32), mode, fmt))
+    assert upload.image.mode == "RGB" and upload.image.size == (40, 32)
+    assert upload.note.startswith("40 x 32 pixels")
     if converted:
-        assert f"converted from {converted}" in note
+        assert upload.changes == (f"converted from {converted} to RGB" + (
+            " (transparency flattened onto white)" if converted == "RGBA" else ""),)
     else:
-        assert "converted" not in note
+        assert upload.changes == ()
 
 
 def test_exif_rotation_is_applied():
@@ -58,5 +60,6 @@ def test_exif_rotation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     Image.new("RGB", (60, 30), "red").save(buffer, format="JPEG", exif=exif)
-    image, _ = lab.read_upload(buffer.getvalue())
-    assert image.size == (30, 60)
+    upload = read_upload(buffer.getvalue())
+    assert upload.image.size == (30, 60)
+    assert upload.changes == ("turned upright by its EXIF orientation (6)",)

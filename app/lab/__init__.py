@@ -1,0 +1,16 @@
+"""The lab's building blocks, one concern per module; the pages in app/views/ lay out widgets and
+call these and the diablo library (no tensor math in the UI).
+
+- settings: environment (checkpoint folder, cache root, synthetic gallery, device, torch threads)
+- store: the caching policy and the one process-wide store of gallery passes
+- models: checkpoints, model cards and loaded models
+- galleries: gallery specs and datasets, embeddings (index), metrics, entry statistics, thumbnails
+- inspection: one image under one model (attention, embedding), search, attributions
+- projections: 2-D maps of the gallery embeddings (PCA now, UMAP in the background)
+- uploads: decoding uploaded bytes with a one-line verdict
+- picker: the image picker (gallery number, gallery grid, upload)
+- controls: widgets that mean the same on every page (colormap, opacity, embedding choice)
+- figures: every chart and overlay the pages show
+- output: legends, captions, metric rows, PNG downloads, messages
+- sidebar: the shared sidebar (drawn once by app/main.py) and what pages read from it
+"""

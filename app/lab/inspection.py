@@ -1,0 +1,102 @@
+"""One image under one model: its attention maps and embedding, its nearest gallery items, and what
+makes it similar to one of them (all computed by diablo, cached here)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app.lab.galleries import Gallery
+from app.lab.models import Model, loaded
+from app.lab.settings import device
+
+
+@dataclass(frozen=True, eq=False)
+class Picked:
+    """The image a page works on: a gallery item or an upload."""
+
+    image: Any  # PIL RGB image
+    key: str  # "gallery:<spec>:<id>" or "upload:<sha256>", the cache key of its inspection
+    name: str
+    gallery_id: int | None = None
+    label: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class View:
+    """An image as one model sees it."""
+
+    display: np.ndarray  # (S, S, 3) uint8: the model's input, resized to its image size
+    attention: np.ndarray | None  # (N, c or 1, h, w) float32; None for the baseline
+    embedding: np.ndarray  # (D,) float32, unit norm
+
+
+def gallery_item(gallery: Gallery, index: int) -> Picked:
+    """Gallery item `index` as a Picked image (raises if its file cannot be decoded)."""
+    return Picked(
+        image=gallery.image(index),
+        key=f"gallery:{hashlib.sha256(gallery.spec.describe().encode()).hexdigest()[:16]}:{index}",
+        name=gallery.file_name(index),
+        gallery_id=index,
+        label=int(gallery.labels[index]),
+        note=f"#{index}, class {gallery.class_name(index)}",
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _inspect(path: str, stamp: str, image_key: str, _image: Any, image_size: int) -> View:
+    from diablo.explain import inspect_image
+
+    got = loaded(path, stamp, device())
+    with got.lock:
+        seen = inspect_image(got.net, _image, image_size)
+    return View(seen.display, seen.attention, seen.embedding)
+
+
+def inspect(model: Model, picked: Picked) -> View:
+    """The attention maps and embedding of the picked image under `model` (cached)."""
+    return _inspect(model.ref.path, model.ref.stamp, picked.key, picked.image, model.image_size)
+
+
+def search(model: Model, index: Any, picked: Picked, k: int) -> Any:
+    """The top k of the picked image in the gallery index: a diablo.index.SearchResult of one query.
+
+    A gallery item uses its stored embedding and is left out of its own results; an upload is
+    embedded first.
+    """
+    if picked.gallery_id is not None:
+        query = index.embeddings[picked.gallery_id][None]  # (1, D)
+        return index.search(query, k, exclude=np.array([picked.gallery_id]))
+    return index.search(inspect(model, picked).embedding[None], k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _attributions(
+    path: str, stamp: str, query_key: str, _query_image: Any, target_key: str, _target: np.ndarray,
+    branch: int | None, steps: int, image_size: int,
+) -> dict[str, np.ndarray]:
+    from diablo.explain import model_input, similarity_attribution
+
+    got = loaded(path, stamp, device())
+    with got.lock:  # captum hooks the network and switches its gradients off: no other pass meanwhile
+        x = model_input(got.net, _query_image, image_size)
+        return {
+            method: similarity_attribution(got.net, x, _target, method=method, branch=branch, steps=steps)
+            for method in ("integrated_gradients", "gradcam")
+        }
+
+
+def attributions(
+    model: Model, picked: Picked, index: Any, target_id: int, branch: int | None, steps: int
+) -> dict[str, np.ndarray]:
+    """{"integrated_gradients": (S, S), "gradcam": (S, S)} maps in [0, 1] of the query pixels that make
+    it similar to gallery item `target_id` (whole embedding or one branch), by diablo.explain (cached)."""
+    return _attributions(
+        model.ref.path, model.ref.stamp, picked.key, picked.image, f"{index.key}:{target_id}",
+        index.embeddings[target_id], branch, int(steps), model.image_size,
+    )
