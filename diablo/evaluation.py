@@ -8,7 +8,8 @@ so this is the cosine); equal similarities are ranked in gallery-index order (se
 `diablo.index.ranked_search`); a K larger than the gallery is clamped to the gallery size.
 
 Queries without a positive (a class with a single test image, or a query class absent from the
-gallery) count as misses for Recall@K and are left out of MAP@R, whose R would be 0 for them.
+gallery) count as misses for Recall@K and are left out of MAP@R, whose R would be 0 for them;
+`without_positive` counts them.
 MAP@R (Musgrave et al. 2020, "A metric learning reality check"): R is the number of items of the
 query's class in the gallery (the query itself excluded); the query's score is the mean over the
 top R positions of precision@i at the relevant ones, i.e. sum_{i<=R} P@i * rel_i / R.
@@ -142,6 +143,17 @@ def _average_precision_at_r(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = (precision * rel * in_top_r).sum(axis=1) / r
     return np.where(r > 0, ap, np.nan)
+
+
+def without_positive(labels: object, gallery_labels: object | None = None) -> int:
+    """How many queries have no positive, i.e. score a miss for every Recall@K and are left out of
+    MAP@R: leave-one-out (gallery_labels None), a query whose class has no other item in `labels`;
+    queries vs gallery, a query whose class is absent from `gallery_labels`."""
+    q_labels = np.asarray(labels).reshape(-1)
+    if gallery_labels is None:
+        _, counts = np.unique(q_labels, return_counts=True)
+        return int(counts[counts == 1].sum())
+    return int((~np.isin(q_labels, np.asarray(gallery_labels).reshape(-1))).sum())
 
 
 def recall_at_k(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from diablo.evaluation import embed, evaluate, map_at_r, nmi, recall_at_k
+from diablo.evaluation import embed, evaluate, map_at_r, nmi, recall_at_k, without_positive
 
 
 def integer_embeddings(n: int, d: int = 5, classes: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -207,3 +207,53 @@ def test_embed_in_order_eval_mode_restored() -> None:
 def test_embed_empty_dataset_raises() -> None:
     with pytest.raises(ValueError, match="empty"):
         embed(TinyModel(), TinyDataset(0), progress=False)
+
+
+# ---- queries without a positive ---------------------------------------------------------------
+
+
+def loop_without_positive(labels, gallery_labels=None) -> int:
+    """By definition: leave-one-out, no other item of the query's class; else, none in the gallery."""
+    labels = [int(y) for y in labels]
+    count = 0
+    for i, y in enumerate(labels):
+        if gallery_labels is None:
+            others = [z for j, z in enumerate(labels) if j != i]
+        else:
+            others = [int(z) for z in gallery_labels]
+        count += y not in others
+    return count
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_without_positive_matches_the_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 15, size=int(rng.integers(1, 40)))
+    gallery = rng.integers(5, 25, size=int(rng.integers(0, 30)))
+    assert without_positive(labels) == loop_without_positive(labels)
+    assert without_positive(labels, gallery) == loop_without_positive(labels, gallery)
+    assert without_positive(list(labels), list(gallery)) == loop_without_positive(labels, gallery)
+
+
+def test_without_positive_by_hand() -> None:
+    assert without_positive([0, 0, 1, 2, 2, 3]) == 2  # classes 1 and 3 have a single item
+    assert without_positive([4]) == 1 and without_positive([]) == 0
+    assert without_positive([0, 1, 2], [1, 1, 5]) == 2  # 0 and 2 are not in the gallery
+    assert without_positive([7, 7], []) == 2
+    assert without_positive(np.array([[3], [3]]), np.array([3])) == 0
+
+
+@pytest.mark.parametrize("gallery", [False, True])
+def test_queries_without_positive_are_the_misses_of_a_whole_gallery_recall(gallery: bool) -> None:
+    """With K >= the gallery size every query with a positive is a hit: the rest are the misses."""
+    x, y = unit_embeddings(60, classes=40, seed=3)
+    if gallery:
+        g, g_labels = unit_embeddings(50, classes=40, seed=4)
+        recall = recall_at_k(x, y, (50,), g, g_labels)[50]
+        missing = loop_without_positive(y, g_labels)
+    else:
+        recall = recall_at_k(x, y, (59,))[59]
+        missing = loop_without_positive(y)
+    assert missing > 0
+    assert recall == pytest.approx(1 - missing / 60)
+    assert without_positive(y, g_labels if gallery else None) == missing

@@ -1,7 +1,8 @@
 """Datasets with the metric-learning splits of the paper, their transforms, and Recall@K lists.
 
 `load_dataset(name, split)` returns an `ImageDataset` yielding `(image_tensor, label)` with
-`.labels`, `.classes` and `.paths`. Train and test classes are always disjoint. Nothing is
+`.labels`, `.classes`, `.paths` and `.skipped` (the unreadable files, dropped when the dataset
+is built: see `diablo.data.base`). Train and test classes are always disjoint. Nothing is
 ever downloaded: the four benchmarks read a local copy (`root=`), Fashion-MNIST reads the
 Debian package, and "synthetic" (the default, see `diablo.data.synthetic`) is generated
 locally on first use.
@@ -14,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from diablo.data.base import ImageDataset, Transform
+from diablo.data.base import ImageDataset, Transform, UnreadableImageError
 from diablo.data.image import decode_upload, open_image
 from diablo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomResize, build_transform, denormalize
 
@@ -28,6 +29,7 @@ __all__ = [
     "SPLITS",
     "ImageDataset",
     "RandomResize",
+    "UnreadableImageError",
     "build_transform",
     "decode_upload",
     "default_image_size",

@@ -77,7 +77,7 @@ class FashionMNIST(ImageDataset):
         transform: Transform | None,
         name: str,
     ) -> None:
-        super().__init__(paths, labels, classes, transform, name=name)
+        super().__init__(paths, labels, classes, transform, name=name, scan=False)  # no files to read
         self.pixels = pixels
 
     def image(self, index: int) -> Image.Image:

@@ -33,7 +33,9 @@ def load_folder(
 
     split "train" takes the first half of the sorted classes, "test" the second half (the
     metric-learning protocol: test classes are unseen), "all" every class. With an odd count
-    the extra class goes to train.
+    the extra class goes to train. Classes are found by file name, before the files are decoded:
+    unreadable files are then dropped (see `ImageDataset`), and a class whose files are all
+    unreadable keeps its place and label with no items, so the split never depends on them.
     """
     if split not in FOLDER_SPLITS:
         raise ValueError(f"unknown split {split!r} for 'folder'; allowed: {', '.join(FOLDER_SPLITS)}")

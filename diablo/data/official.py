@@ -4,6 +4,9 @@ Nothing is downloaded: each loader reads the official index files under `root` a
 FileNotFoundError naming the missing file and where to get it. Splits follow the usual DML
 protocol (train and test classes disjoint). When an index holds the full official data, the
 split sizes are checked against the published numbers; smaller trees (tests, subsets) skip it.
+A listed file that is missing is an error (`check_files=True`, the default; with False it is
+dropped like an unreadable one); a listed file that cannot be decoded is dropped when the
+dataset is built (see `ImageDataset`). The split sizes are checked on the index, before a drop.
 """
 
 from __future__ import annotations

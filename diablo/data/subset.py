@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 class ClassSubset(Dataset):
     """The items of `dataset` whose label is in `class_ids` (None: all), at most `per_class` of each
-    (the first ones, None: all); labels and class names kept."""
+    (the first ones, None: all); labels and class names kept. `skipped` is the parent's (the
+    files dropped when it was built, of every class)."""
 
     def __init__(self, dataset: Any, class_ids: Iterable[int] | None = None, per_class: int | None = None) -> None:
         keep = None if class_ids is None else {int(c) for c in class_ids}
@@ -32,6 +33,11 @@ class ClassSubset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[self.indices[index]]
+
+    @property
+    def skipped(self) -> list[str]:
+        """The parent's unreadable files (dropped when it was built); [] when it has none."""
+        return getattr(self.dataset, "skipped", [])
 
 
 def split_classes(labels: Sequence[int], fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -58,12 +64,15 @@ def spread_indices(n: int, limit: int | None) -> list[int]:
 class IndexSubset(Dataset):
     """The items `indices` of `dataset`, in that order, keeping what the lab and the metrics use:
     `labels`, `classes`, `paths` (when the parent has them), `image(i)` and, when the parent has
-    them, its other per-item methods (`mask(i)` of the synthetic set, `path(i)`) and
-    its per-class attributes (`part_names`, `describe(label)`, ...). `dataset` and `indices` are
+    them, its other per-item methods (`mask(i)` of the synthetic set, `path(i)`),
+    its per-class attributes (`part_names`, `describe(label)`, ...) and its `skipped` files
+    (`skip_reasons`). `dataset` and `indices` are
     the parent and the parent's index of each item."""
 
     _ITEM_METHODS = frozenset({"mask", "path"})
-    _SHARED = frozenset({"transform", "part_names", "num_parts", "class_attributes", "describe"})
+    _SHARED = frozenset(
+        {"transform", "part_names", "num_parts", "class_attributes", "describe", "skipped", "skip_reasons"}
+    )
 
     def __init__(self, dataset: Any, indices: Iterable[int]) -> None:
         n = len(dataset)

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from diablo.data.base import ImageDataset, Transform
+from diablo.data.cache import cache_root
 
 __all__ = [
     "BACKGROUNDS",
@@ -517,12 +518,7 @@ def _params(num_classes: int, images_per_class: int, resolution: int, seed: int,
 
 def synthetic_dir(params: dict[str, int], root: str | os.PathLike | None = None) -> Path:
     """`<cache>/synthetic-<VERSION>-<hash>`; cache = root, $DIABLO_CACHE or ~/.cache/diablo."""
-    if root is not None:
-        cache = Path(root)
-    elif os.environ.get("DIABLO_CACHE"):
-        cache = Path(os.environ["DIABLO_CACHE"])
-    else:
-        cache = Path("~/.cache/diablo")
+    cache = Path(root) if root is not None else cache_root()
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     return cache.expanduser() / f"synthetic-{VERSION}-{digest}"
 
@@ -612,6 +608,7 @@ class SyntheticParts(ImageDataset):
 
     Extra attributes: `mask_paths`, `num_parts`, `part_names`, `class_attributes` (one dict
     per class of the split), `root` (the generated folder), `index` (the parsed index.json).
+    Unreadable images are dropped as `ImageDataset` drops them, with their masks.
     """
 
     def __init__(
@@ -640,7 +637,10 @@ class SyntheticParts(ImageDataset):
         )
         self.root = root
         self.index = index
-        self.mask_paths: list[str] = [os.fspath(root / it["mask"]) for it in items]
+        kept = set(self.paths)  # the images that passed the scan
+        self.mask_paths: list[str] = [
+            os.fspath(root / it["mask"]) for it in items if os.fspath(root / it["image"]) in kept
+        ]
         self.part_names: tuple[str, ...] = tuple(index["part_names"])
         self.num_parts: int = len(self.part_names)
         self.class_attributes: list[Attributes] = [index["classes"][k]["attributes"] for k in keep]

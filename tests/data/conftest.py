@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,37 @@ def write_image(path: Path, colour: tuple[int, int, int] = (120, 60, 30), size: 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
     return path
+
+
+CORRUPTIONS = ("truncated-png", "truncated-jpeg", "zero-bytes", "text-as-jpg")
+"""The kinds of unreadable file `write_corrupt` writes."""
+
+
+def write_corrupt(path: Path, kind: str) -> Path:
+    """An unreadable image file at `path` (its suffix is kept as given): a PNG or a JPEG cut in
+    the middle of its pixel data, an empty file, or a text file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind in ("truncated-png", "truncated-jpeg"):
+        noise = np.random.default_rng(len(path.name)).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noise).save(buffer, format="PNG" if kind == "truncated-png" else "JPEG")
+        data = buffer.getvalue()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "zero-bytes":
+        path.write_bytes(b"")
+    elif kind == "text-as-jpg":
+        path.write_text("this is a text file, not an image\n")
+    else:
+        raise ValueError(f"unknown corruption {kind!r}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $DIABLO_CACHE for each test: the image scan caches nothing in the user's folder."""
+    root = tmp_path_factory.mktemp("diablo-cache")
+    monkeypatch.setenv("DIABLO_CACHE", str(root))
+    return root
 
 
 @pytest.fixture

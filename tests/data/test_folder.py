@@ -8,7 +8,7 @@ import pytest
 
 from diablo.data.folder import load_folder
 
-from .conftest import write_image
+from .conftest import CORRUPTIONS, write_corrupt, write_image
 
 
 def test_splits_are_disjoint_halves_of_the_sorted_classes(class_folder: Path) -> None:
@@ -46,3 +46,18 @@ def test_errors(tmp_path: Path, class_folder: Path) -> None:
     with pytest.raises(ValueError, match="at least 2"):
         load_folder(single, "train")
     assert len(load_folder(single, "all")) == 1
+
+
+def test_unreadable_files_are_dropped_and_the_split_kept(class_folder: Path) -> None:
+    before = {s: load_folder(class_folder, s) for s in ("train", "test")}
+    for i, kind in enumerate(CORRUPTIONS):
+        write_corrupt(class_folder / "cherry" / f"broken{i}.{'png' if 'png' in kind else 'jpg'}", kind)
+    write_corrupt(class_folder / "banana" / "nested" / "c.jpeg", "truncated-jpeg")  # banana's only image
+    with pytest.warns(RuntimeWarning, match="folder/test: dropped 4 unreadable"):
+        test = load_folder(class_folder, "test")
+    assert test.paths == before["test"].paths and test.labels == before["test"].labels
+    assert sorted(Path(p).name for p in test.skipped) == ["broken0.png", "broken1.jpg", "broken2.jpg", "broken3.jpg"]
+    with pytest.warns(RuntimeWarning, match="c.jpeg"):
+        train = load_folder(class_folder, "train")
+    assert train.classes == ["apple", "banana"]  # banana keeps its place and label, with no items
+    assert train.labels == [0, 0] and [Path(p).name for p in train.skipped] == ["c.jpeg"]

@@ -9,6 +9,8 @@ import pytest
 from diablo.data import official
 from diablo.data.official import load_cars, load_cub, load_inshop, load_sop
 
+from .conftest import write_corrupt
+
 
 # ---------------------------------------------------------------------------- CUB
 def test_cub_splits_by_class(cub_root: Path) -> None:
@@ -35,7 +37,9 @@ def test_cub_missing_files_are_named(cub_root: Path) -> None:
     with pytest.raises(FileNotFoundError, match="White_Pelican_1.jpg"):
         load_cub(cub_root, "test")
     assert len(load_cub(cub_root, "train")) == 4  # the train split is complete
-    assert len(load_cub(cub_root, "test", check_files=False)) == 4
+    with pytest.warns(RuntimeWarning, match="White_Pelican_1.jpg"):  # without the check: dropped
+        test = load_cub(cub_root, "test", check_files=False)
+    assert len(test) == 3 and test.labels == [0, 1, 1] and Path(test.skipped[0]).name == "White_Pelican_1.jpg"
     (cub_root / "image_class_labels.txt").unlink()
     with pytest.raises(FileNotFoundError, match="image_class_labels.txt"):
         load_cub(cub_root)
@@ -136,3 +140,26 @@ def test_inshop_checks(inshop_root: Path, monkeypatch: pytest.MonkeyPatch) -> No
     index.unlink()
     with pytest.raises(FileNotFoundError, match="list_eval_partition.txt"):
         load_inshop(inshop_root, "train")
+
+
+# --------------------------------------------------------------- unreadable images
+@pytest.mark.parametrize(
+    ("loader", "root", "split", "victim", "kept_labels"),
+    [
+        (load_cub, "cub_root", "test", "images/200.Common_Yellowthroat/Common_Yellowthroat_0.jpg", [0, 0, 1]),
+        (load_cars, "cars_root", "test", "car_ims/000005.jpg", [0, 1]),
+        (load_sop, "sop_root", "test", "mug_final/950_0.JPG", [0, 1]),
+        (load_inshop, "inshop_root", "gallery", "img/WOMEN/Tees/id_00000007/01_2_side.jpg", [1, 2]),
+    ],
+)
+def test_an_unreadable_listed_image_is_dropped(
+    loader, root: str, split: str, victim: str, kept_labels: list[int], request: pytest.FixtureRequest
+) -> None:
+    base = request.getfixturevalue(root)
+    full = loader(base, split)
+    write_corrupt(base / victim, "truncated-jpeg")
+    with pytest.warns(RuntimeWarning, match="dropped 1 unreadable image file"):
+        data = loader(base, split)
+    assert data.skipped == [str(base / victim)]
+    assert data.paths == [p for p in full.paths if p != str(base / victim)]
+    assert data.labels == kept_labels and data.classes == full.classes

@@ -119,7 +119,7 @@ def test_index_subset_keeps_order_labels_and_forwards_item_methods() -> None:
 
 def test_index_subset_of_in_memory_items() -> None:
     """Fashion-MNIST's items live in memory behind `<idx file>#<i>` pseudo-paths: a subset reads them
-    through the parent (a plain ImageDataset of those paths would skip every item), and survives pickling
+    through the parent (a plain ImageDataset of those paths would find no readable file), and survives pickling
     (DataLoader workers)."""
     import pickle
 
@@ -141,3 +141,22 @@ def test_index_subset_of_in_memory_items() -> None:
     assert not hasattr(subset, "mask")  # only when the parent has masks
     copy = pickle.loads(pickle.dumps(subset))
     assert copy.indices == subset.indices and np.array_equal(np.asarray(copy.image(2)), np.asarray(image))
+
+
+def test_subsets_expose_the_parents_skipped_files(tmp_path) -> None:
+    from diablo.data.base import ImageDataset
+
+    from .conftest import write_corrupt, write_image
+
+    paths = [write_image(tmp_path / f"{c}{i}.png", (80 * c, 0, 0)) for c in range(3) for i in range(2)]
+    bad = [write_corrupt(tmp_path / "0bad.jpg", "text-as-jpg"), write_corrupt(tmp_path / "2bad.png", "truncated-png")]
+    with pytest.warns(RuntimeWarning):
+        data = ImageDataset([*paths, *bad], [0, 0, 1, 1, 2, 2, 0, 2], ["a", "b", "c"])
+    assert data.skipped == [str(p) for p in bad]
+    by_class = ClassSubset(data, class_ids=[1])
+    assert by_class.skipped == data.skipped  # the parent's, even of classes left out
+    assert by_class.labels == [1, 1] and ClassSubset(by_class, per_class=1).skipped == data.skipped
+    spread = IndexSubset(data, [0, 5])
+    assert spread.skipped == data.skipped and spread.skip_reasons == data.skip_reasons
+    assert ClassSubset(Items(LABELS)).skipped == []  # a parent without the attribute
+    assert not hasattr(IndexSubset(Items(LABELS), [0]), "skipped")

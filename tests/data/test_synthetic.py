@@ -176,3 +176,20 @@ def test_stale_temporary_folders_are_removed(tmp_path: Path) -> None:
     os.utime(stale, (0, 0))
     generate_synthetic(dest, params)
     assert not stale.exists() and fresh.exists() and (dest / "index.json").is_file()
+
+
+def test_an_unreadable_image_is_dropped_with_its_mask(small_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from .conftest import write_corrupt
+
+    shutil.copytree(small_cache, tmp_path / "cache")  # the shared set stays intact
+    full = load_synthetic(root=tmp_path / "cache", split="test", **SMALL)
+    victim = Path(full.paths[4])
+    write_corrupt(victim, "truncated-png")
+    with pytest.warns(RuntimeWarning, match=victim.name):
+        ds = load_synthetic(root=tmp_path / "cache", split="test", **SMALL)
+    assert ds.skipped == [str(victim)] and len(ds) == len(full) - 1
+    assert ds.labels == full.labels[:4] + full.labels[5:] and ds.classes == full.classes
+    assert [Path(m).name for m in ds.mask_paths] == [Path(p).name for p in ds.paths]  # still aligned
+    assert np.array_equal(ds.mask(4), full.mask(5))
