@@ -22,6 +22,10 @@ Both maps are scaled to [0, 1] by their 99th percentile (clipped above), so that
 pixels do not wash out the rest. The model is put in eval mode with every parameter's
 `requires_grad` off while attributing (only the input gets gradients; no `.grad` is written),
 then each module's mode and each parameter's flag are restored.
+
+The exact counterpart, `similarity_decomposition` (implemented in `diablo.decomposition`, re-exported
+here), needs no gradients: it writes the cosine of a query and a result as a sum over dictionary entries
+and pairs of places, pairs (N, h, w, h', w'), with the query's and the result's maps as its marginals.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
+
+from diablo.decomposition import SimilarityDecomposition as SimilarityDecomposition  # re-exported
+from diablo.decomposition import similarity_decomposition as similarity_decomposition  # re-exported
 
 # captum (about 1 s to import) is imported inside the attribution functions, so that the overlay
 # helpers stay cheap to import (the app's first page uses them).
@@ -428,7 +435,6 @@ def dataset_entry_statistics(
 
 
 # ---- one image ------------------------------------------------------------------------------
-
 
 
 def model_input(model: nn.Module, image: Any, image_size: int) -> torch.Tensor:
