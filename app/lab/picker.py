@@ -71,14 +71,14 @@ def _upload(page: str, label: str) -> Picked | None:
 def pick_image(page: str, gallery: Gallery | None, label: str = "Image", browse_columns: int = 2) -> Picked | None:
     """The image picker: a gallery item (by number or from the grid) or an upload.
 
-    Returns None (after saying why) when there is nothing usable yet, e.g. a refused upload or an
-    unreadable gallery file.
+    Without a gallery only the upload is offered. Returns None (after saying why) when there is
+    nothing usable yet, e.g. a refused upload or an unreadable gallery file.
     """
-    sources = ["Gallery", "Upload"] if gallery is not None else ["Upload"]
-    source = st.radio(f"{label} source", sources, horizontal=True, key=f"{page}_source")
+    if gallery is None:  # nothing to choose from
+        return _upload(page, label)
+    source = st.radio(f"{label} source", ["Gallery", "Upload"], horizontal=True, key=f"{page}_source")
     if source == "Upload":
         return _upload(page, label)
-    assert gallery is not None
     n = len(gallery)
     item_key = f"{page}_item"
     if item_key not in st.session_state or not 0 <= int(st.session_state[item_key]) < n:

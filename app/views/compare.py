@@ -61,7 +61,7 @@ for slot, (column, model, gallery) in enumerate(zip(st.columns(2), loaded, galle
             entries = view.attention.shape[0]
             assignment = figures.assignment(view)
             overlays = figures.attention_overlays(view, style)
-            st.image([view.display, assignment], caption=["image", "hard assignment"], width=200)
+            st.image([view.display, assignment], caption=[picked.name, "hard assignment"], width=200)
             output.legend(entries, figures.image_statistics(view)["share"])
             st.image(overlays, caption=[f"entry {n}" for n in range(entries)], width=100)
             tiles = [view.display, assignment, *overlays]

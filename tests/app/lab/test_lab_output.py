@@ -40,3 +40,5 @@ def test_errors_are_one_line():
     assert describe_error(ValueError("first\nsecond")) == "first"
     assert describe_error(KeyError()) == "KeyError"
     assert with_type(OSError("disk")) == "OSError: disk"
+    long = describe_error(ValueError("x" * 1000))
+    assert len(long) == 300 and long.endswith("…")

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import pytest
+from bad_images import BOMB_SIDE, png_header_only
 from lab_testing import png
 from PIL import Image
 
 from app.lab.uploads import read_upload
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height, with one tiny compressed row (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
@@ -29,7 +18,7 @@ def _png_header_only(width: int, height: int) -> bytes:
         (b"", "empty"),
         (b"%PDF-1.4 definitely not an image", "not an image"),
         (png((64, 64))[:120], "truncated"),
-        (_png_header_only(40_000, 40_000), "decompression bomb"),
+        (png_header_only(BOMB_SIDE, BOMB_SIDE), "decompression bomb"),
         (png((10, 64)), "too small"),
     ],
     ids=["empty", "not-an-image", "truncated", "bomb", "tiny"],
