@@ -152,6 +152,8 @@ def restore(config: TrainConfig, run: RunDirectory, resume: bool, job: Job
     backbone, the dictionary's start (diablo.dictionary), an empty manifest."""
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(), load_pretrained=not resume).to(job.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = optimiser(model, config)
     if not resume:
         start_dictionary(model, config.dictionary_init, lambda: training_set(config, train=False), seed=config.seed,
@@ -176,6 +178,8 @@ def train_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, 
                leave=False)
     for images, labels in bar:
         images, labels = images.to(job.device, non_blocking=True), labels.to(job.device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
         apply_schedule(opt, config, step)
         with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=config.amp):
             z = net(images)  # (B, D)
@@ -258,7 +262,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
 # it computes. Everything else (the model, the data, the batches) would make the run another one.
 RESUMABLE = frozenset({"epochs", "steps_per_epoch", "max_steps", "lr", "new_lr_factor", "weight_decay",
                        "schedule", "warmup_steps", "min_lr_factor", "eval_every", "workers", "batch_size_eval",
-                       "device", "amp", "progress"})
+                       "device", "amp", "channels_last", "progress"})
 
 
 def flag(name: str) -> str:

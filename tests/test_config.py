@@ -333,7 +333,7 @@ def test_train_reals_in_range_are_accepted_as_floats(field: str, value: float) -
     assert stored == value and type(stored) is float
 
 
-@pytest.mark.parametrize("field", ["amp", "progress", "learn_alpha", "rescale", "freeze_bn"])
+@pytest.mark.parametrize("field", ["amp", "channels_last", "progress", "learn_alpha", "rescale", "freeze_bn"])
 @pytest.mark.parametrize("value", ["no", 0, None], ids=repr)
 def test_train_flags_must_be_real_bools(field: str, value: object) -> None:
     _refused(lambda: _train(**{field: value}), field)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from training_run import flags
 
 import diablo
@@ -194,3 +196,31 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
     _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
     assert meta["epoch"] == 2 and meta["step"] == 4
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("attention, selection", [("pre", "dimension"), ("post", "feature"), ("none", "feature")])
+def test_channels_last_is_the_same_computation(attention, selection):
+    """NHWC is a memory layout, not another computation: in float64 the loss and every gradient equal
+    NCHW's (in float32 they differ by rounding, which Adam's first, sign-like steps amplify)."""
+    torch.manual_seed(0)
+    config = diablo.ModelConfig(backbone="mobilenet_v2", pretrained="none", attention=attention, selection=selection,
+                                num_entries=2, embedding_dim=16)
+    nchw = diablo.build_model(config).double().train()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    x, y = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 1])
+    loss = diablo.build_loss("binomial")
+    expected, got = loss(nchw(x), y), loss(nhwc(x.contiguous(memory_format=torch.channels_last)), y)
+    expected.backward()
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-10)
+    for (name, a), b in zip(nchw.named_parameters(), nhwc.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_channels_last_reaches_the_model(folder):
+    config, _ = train_module.config_from_args(flags(folder, Path("unused")))
+    job = train_module.Job(torch.device("cpu"))
+    model, _, _ = train_module.restore(config, None, False, job)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
