@@ -39,13 +39,12 @@ CUTS: dict[tuple[str, str], Cut] = {
     ("mobilenet_v2", "post"): Cut(f=17, phi=18, values_channels=1280, phi_channels=320),
 }
 OUT_CHANNELS = {"googlenet": 1024, "mobilenet_v2": 1280}
-# The smallest square input side, in pixels, that every variant (baseline, pre and post attention, feature-
-# and dimension-wise) of each backbone embeds. Found by running every variant forward (train and eval mode,
-# a batch of 2 random images) at sides 96, 95, ..., 1 and keeping the last side before the first failure:
-# GoogLeNet's ceil-mode max-pools leave a 1 x 1 map by inception4e at side 15 and fail at 14 ("Output size is
-# too small"); MobileNetV2's padded convolutions give a 1 x 1 map down to side 1.
-# tests/test_backbones.py checks both sides of each bound.
-MIN_IMAGE_SIZE = {"googlenet": 15, "mobilenet_v2": 1}
+# The smallest square input side, in pixels, that a run accepts: each backbone's total stride (32), so
+# that the last feature map has at least one place of its own rather than one made of zero padding. Below
+# it the networks still run (MobileNetV2 down to 1 px, GoogLeNet down to 15 px, where its ceil-mode
+# max-pools fail: "Output size is too small"), but an image of 7 px is not something to train on.
+# tests/test_backbones.py checks that every variant embeds at this size.
+MIN_IMAGE_SIZE = {"googlenet": 32, "mobilenet_v2": 32}
 
 
 @dataclass

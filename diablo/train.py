@@ -40,7 +40,7 @@ from diablo.config import CHOICES, HELP, PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
 from diablo.dictionary import start_dictionary
-from diablo.evaluation import embed, evaluate
+from diablo.evaluation import embed, evaluate, without_positive
 from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
 from diablo.run_directory import Manifest, RunDirectory, RunDirectoryError, load_optimiser
@@ -96,15 +96,20 @@ def training_set(config: TrainConfig, train: bool = True) -> Any:
 
 
 def measure(model: DiabloNet, queries: Any, gallery: Any | None, config: TrainConfig, device: torch.device) -> dict:
-    """Recall@K (the dataset's K list), MAP@R and NMI of `model` on an evaluation set."""
+    """Recall@K (the dataset's K list), MAP@R and NMI of `model` on an evaluation set, with what they
+    were computed on: the images evaluated, the unreadable files skipped, the queries without a positive."""
     kw = dict(batch_size=config.batch_size_eval, device=device, num_workers=config.workers, progress=config.progress)
     emb, labels = embed(model, queries, **kw)
     ks = k_list(config.dataset)
     with_nmi = config.dataset != "sop"  # k-means into 11k clusters takes longer than the epoch
+    sets = [queries] if gallery is None else [queries, gallery]
+    counts = {"images": sum(len(s) for s in sets), "skipped": sum(len(getattr(s, "skipped", [])) for s in sets)}
     if gallery is None:
-        return evaluate(emb, labels, ks, with_nmi=with_nmi)
+        counts["without_positive"] = without_positive(labels)
+        return {**evaluate(emb, labels, ks, with_nmi=with_nmi), **counts}
     g_emb, g_labels = embed(model, gallery, **kw)
-    return evaluate(emb, labels, ks, gallery=g_emb, gallery_labels=g_labels, with_nmi=with_nmi)
+    counts["without_positive"] = without_positive(labels, g_labels)
+    return {**evaluate(emb, labels, ks, gallery=g_emb, gallery_labels=g_labels, with_nmi=with_nmi), **counts}
 
 
 # ----------------------------------------------------------------------------- phases
@@ -218,6 +223,9 @@ def end_epoch(row: dict[str, Any], model: DiabloNet, opt: torch.optim.Optimizer,
             "evaluated_on": "validation" if config.val_fraction else "test"}
     run.commit(manifest, model, config.model_config(), meta, opt)
     summary = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+    if "images" in row:
+        summary += f" ({row['images']} images evaluated, {row['skipped']} unreadable skipped, " \
+                   f"{row['without_positive']} queries without a positive)"
     tqdm.write(f"epoch {row['epoch']}: {summary}", file=sys.stderr)
 
 

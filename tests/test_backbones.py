@@ -250,10 +250,19 @@ def test_every_variant_embeds_the_smallest_image_size(backbone: str, variant: tu
             assert z.shape == (2, 16) and torch.isfinite(z).all()
 
 
+def test_the_minimum_is_the_total_stride() -> None:
+    """At the minimum the pooled map has exactly one place per side (the network's stride is 32)."""
+    for backbone, side in MIN_IMAGE_SIZE.items():
+        model = _tiny(backbone, "none", "feature").eval()
+        with torch.no_grad():
+            values = model.inspect(torch.randn(1, 3, side, side)).values
+        assert values.shape[-2:] == (1, 1)
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids="-".join)
-def test_googlenet_fails_one_pixel_below_its_minimum(variant: tuple[str, str]) -> None:
-    """MobileNetV2's minimum is 1 (nothing smaller exists); GoogLeNet's ceil-mode pooling fails below 15."""
-    side = MIN_IMAGE_SIZE["googlenet"] - 1
+def test_googlenet_fails_below_15_pixels(variant: tuple[str, str]) -> None:
+    """Below the minimum, GoogLeNet's ceil-mode pooling fails outright at 14 px (MobileNetV2 runs down to 1)."""
+    side = 14
     with torch.no_grad(), pytest.raises(RuntimeError, match="too small"):
         _tiny("googlenet", *variant).eval()(torch.randn(2, 3, side, side))
 

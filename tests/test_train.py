@@ -171,12 +171,25 @@ def test_preset_and_flags():
 
 @pytest.mark.parametrize("argv", [["--entries", "3"], ["--loss", "hinge"], ["--backbone", "vgg"],
                                   ["--lr", "-1"], ["--epochs", "x"],
-                                  ["--dictionary-init", "zeros"], ["--unknown-flag"], ["--resume", "/nope"]])
+                                  ["--dictionary-init", "zeros"], ["--unknown-flag"], ["--resume", "/nope"],
+                                  ["--classes-per-batch", "1"], ["--image-size", "7"], ["--alpha", "inf"],
+                                  ["--alpha", "nan"], ["--device", "bogus"], ["--device", "cuda:99"],
+                                  ["--schedule", "linear"], ["--warmup-steps", "-1"], ["--min-lr-factor", "2"],
+                                  ["--pretrained", "/no/such/weights.pth"], ["--resume", "/nope", "--overwrite"]])
 def test_bad_flags_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as info:
         train_module.config_from_args(argv)
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("python -m diablo.train: error:") and len(lines[-1]) < 400
+
+
+def test_weights_that_are_not_a_state_dict_fail_in_one_line(folder, tmp_path, capsys):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert run(flags(folder, tmp_path / "run", "--pretrained", str(text))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "passwd" in err[0]
 
 
 def test_missing_dataset_says_what_is_missing(tmp_path, capsys):
