@@ -1,4 +1,4 @@
-"""What the attention contributes, measured against uniform attention (DESIGN.md §7).
+"""What the attention contributes, measured against uniform attention (docs/design.md §9).
 
     .venv/bin/python benchmarks/uniform_attention.py init          # untrained models, rescale on / off
     .venv/bin/python benchmarks/uniform_attention.py checkpoint checkpoints/demo-pre-dimension.safetensors

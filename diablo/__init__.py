@@ -1,6 +1,6 @@
 """DIABLO: dictionary-based attention block for deep metric learning (Jacob et al., 2020).
 
-The public API of DESIGN.md §2. Heavy optional parts (data, evaluation) are imported lazily so
+The public API of docs/design.md §2. Heavy optional parts (data, evaluation) are imported lazily so
 that `import diablo` stays fast.
 """
 

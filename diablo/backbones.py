@@ -145,7 +145,7 @@ def _load_weights(name: str, net: nn.Module, pretrained: str) -> None:
 
 
 def build_backbone(name: str, pretrained: str, attention: str) -> Split:
-    """Build `name` with `pretrained` weights and split it for `attention` (DESIGN.md §3)."""
+    """Build `name` with `pretrained` weights and split it for `attention` (docs/design.md §4)."""
     if name not in OUT_CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(OUT_CHANNELS)}")
     net = _network(name)

@@ -340,7 +340,7 @@ HELP: dict[str, str] = {
 }
 
 
-# The paper's settings per dataset (§3.5, §5; DESIGN.md §5).
+# The paper's settings per dataset (§3.5, §5; docs/design.md §6).
 PAPER = dict(backbone="googlenet", pretrained="imagenet", loss="binomial", lr=1e-5, classes_per_batch=8,
              images_per_class=10, epochs=40, steps_per_epoch=200, image_size=256)
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,6 +1,6 @@
 """The dictionary's starts beside the N(0, 1) default (`TrainConfig.dictionary_init`).
 
-- "kmeans" (DESIGN.md §7; NetVLAD initialises its centres so): spherical k-means (faiss) on the
+- "kmeans" (docs/design.md §9; NetVLAD initialises its centres so): spherical k-means (faiss) on the
   local features phi(f_ij) of training images gives N unit centres. Feature-wise selection takes
   them as its entries d^(n) (Eq 5); dimension-wise selection takes centre n as d_k^(n) for every
   channel k (Eq 10), so that its first attention maps are the feature-wise ones. The assignment

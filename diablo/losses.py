@@ -1,7 +1,7 @@
 """Metric-learning losses on cosine similarities of unit embeddings.
 
 The three losses the paper trains with (Jacob et al. 2020, §3.5), written as in
-DESIGN.md §4. For a batch of unit embeddings z (B, D) with labels (B,), s_ij = z_i . z_j
+docs/design.md §5. For a batch of unit embeddings z (B, D) with labels (B,), s_ij = z_i . z_j
 over all pairs i != j; positive pairs share a label, negative pairs do not.
 
 - contrastive: mean_pos (1 - s_ij) + mean_neg max(0, s_ij - beta)

@@ -2,7 +2,7 @@
 embedding or one branch, cached on disk, with a background job so a caller can show PCA first.
 
 Branch n of a DIABLO embedding is its n-th slice of D / N columns (the embedding is the
-concatenation of N unit branches divided by sqrt(N), DESIGN.md §2); the slice is used as it
+concatenation of N unit branches divided by sqrt(N), docs/design.md §2); the slice is used as it
 is: the common 1 / sqrt(N) factor only scales a PCA and does not change a cosine UMAP.
 
 UMAP (McInnes et al. 2018, umap-learn): n_neighbors = min(15, n - 1), metric "cosine" (the

@@ -16,7 +16,7 @@ import diablo
 from diablo.backbones import CUTS, MIN_IMAGE_SIZE, OUT_CHANNELS, GoogLeNetInput, build_backbone, weight_path
 from diablo.config import BACKBONES
 
-# DESIGN.md §3 at a 224 x 224 input: (channels, side) of F, phi(F) and the map that is pooled.
+# docs/design.md §4 at a 224 x 224 input: (channels, side) of F, phi(F) and the map that is pooled.
 TABLE = {
     ("googlenet", "pre"): ((480, 14), (832, 14), (1024, 7)),
     ("googlenet", "post"): ((832, 7), (1024, 7), (1024, 7)),

@@ -21,7 +21,7 @@ SMALL, SQUARE = (96, 128), (224, 224)  # SMALL is non-square, on purpose
 ATTENDED = [(b, a, s) for b in ("googlenet", "mobilenet_v2") for a in ("pre", "post") for s in ("feature", "dimension")]
 BASELINES = [("googlenet", "none", "dimension"), ("mobilenet_v2", "none", "dimension")]
 ALL = ATTENDED + BASELINES
-# DESIGN.md §3: channels of F, phi(F) and the pooled map; F is H/16 x W/16 (pre) or H/32 x W/32 (post).
+# docs/design.md §4: channels of F, phi(F) and the pooled map; F is H/16 x W/16 (pre) or H/32 x W/32 (post).
 F_CHANNELS = {("googlenet", "pre"): 480, ("googlenet", "post"): 832, ("mobilenet_v2", "pre"): 64,
               ("mobilenet_v2", "post"): 160}
 PHI_CHANNELS = {("googlenet", "pre"): 832, ("googlenet", "post"): 1024, ("mobilenet_v2", "pre"): 96,

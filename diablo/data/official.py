@@ -1,4 +1,4 @@
-"""Loaders for the paper's four benchmarks in their official layouts (DESIGN §5).
+"""Loaders for the paper's four benchmarks in their official layouts (docs/design.md §6).
 
 Nothing is downloaded: each loader reads the official index files under `root` and raises
 FileNotFoundError naming the missing file and where to get it. Splits follow the usual DML

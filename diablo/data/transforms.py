@@ -1,4 +1,4 @@
-"""Train and test image transforms of the paper (§3.5, DESIGN §5).
+"""Train and test image transforms of the paper (§3.5, docs/design.md §6).
 
 Train: resize to a size drawn uniformly in [0.8, 1.8] x the crop size, random crop of the
 crop size (padded when the resized image is smaller), horizontal flip. Test: resize to
