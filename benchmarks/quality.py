@@ -12,7 +12,12 @@ mass on the object and on each part, from the part masks, beside the area share 
 dataset (first seed): R@1, MAP@R and the mean normalised assignment entropy.
 `--dictionary-init shared|kmeans` gives every DIABLO dictionary that start. Results are
 appended to OUT/results.jsonl, so an interrupted run continues where it stopped.
-`--localise CKPT ...` only prints the localisation table of trained checkpoints.
+`--localise CKPT ... [--images 120] [--top-channels 0.1]` only prints the localisation table of trained
+checkpoints on `--images` synthetic test images: per dictionary entry its attention mass on the object (channel
+mean) and its ratio to chance, the per-channel score (object mass over the entry's top-q channels by spatial
+variance, dimension-wise), the share of arg-max assignments it wins (per place, and channel for dimension-wise)
+and its mass on each part; then a summary line per checkpoint with the two targets of issue 8
+(>= 2 entries at ratio >= 2; no entry above 40 % of the arg-max assignments). Definitions: diablo/localisation.py.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from diablo.data import build_transform
 from diablo.data.subset import ClassSubset
 from diablo.dictionary import effective_start
 from diablo.explain import entry_statistics
-from diablo.localisation import localise
+from diablo.localisation import MAX_SHARE, MIN_ENTRIES, RATIO_TARGET, TOP_CHANNELS, summarise
 from diablo.train import train
 
 VARIANTS = {"baseline": ("none", "feature"), "pre-feature": ("pre", "feature"), "post-feature": ("post", "feature"),
@@ -57,25 +62,44 @@ def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: flo
             "recall@1": record["recall@1"], "map@r": record["map@r"], "out": config.out}
 
 
-def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240) -> tuple[torch.Tensor, object]:
-    """Attention maps of a checkpoint on `images` test images spread over the classes, and the subset."""
+def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240) -> tuple[torch.Tensor | None, object]:
+    """Attention maps (B, N, c, h, w) of a checkpoint on `images` test images spread over the classes (None for
+    the baseline), and the subset."""
     model, _, _ = diablo.load_checkpoint(checkpoint, device="cpu")
     data = diablo.load_dataset(dataset, split="test", transform=build_transform(False, SETTINGS[dataset]["image_size"]))
     subset = ClassSubset(data, per_class=max(1, images // len(set(data.labels))))
     x = torch.stack([subset[i][0] for i in range(len(subset))])
     with torch.inference_mode():
-        attention = torch.cat([model.inspect(chunk).attention for chunk in x.split(40)])
-    return attention, subset
+        maps = [model.inspect(chunk).attention for chunk in x.split(40)]
+    return (None if maps[0] is None else torch.cat(maps)), subset
 
 
-def print_localisation(name: str, checkpoint: Path) -> None:
-    attention, subset = attention_of(checkpoint)
+def print_localisation(name: str, checkpoint: Path, images: int = 120, q: float = TOP_CHANNELS) -> None:
+    """The per-entry table and the summary line of one checkpoint (definitions: diablo.localisation)."""
+    attention, subset = attention_of(checkpoint, images=images)
+    if attention is None:
+        print(f"\n{name}: no dictionary (baseline), nothing to localise")
+        return
     masks = torch.from_numpy(np.stack([subset.dataset.mask(i) for i in subset.indices]))
-    loc = localise(attention, masks, list(subset.dataset.part_names))
-    print(f"\n{name}: " + " ".join(f"{region:>7}" for region in loc.regions))
-    print("  area  " + " ".join(f"{100 * v:7.1f}" for v in loc.area))
-    for n, shares in enumerate(loc.mass):
-        print(f"  e{n:<4} " + " ".join(f"{100 * v:7.1f}" for v in shares))
+    s = summarise(attention, masks, list(subset.dataset.part_names), q)
+    loc, (b, n, c, h, w) = s.localisation, attention.shape
+    kept = f"top {max(1, int(np.ceil(q * c - 1e-9)))} of {c} channels" if c > 1 else "feature-wise: = channel mean"
+    print(f"\n{name}: {b} images, {h} x {w} places, c = {c}, N = {n}; object area {100 * loc.area[0]:.1f} %"
+          f" (per-channel score: {kept})")
+    parts = " ".join(f"{r + '%':>7}" for r in loc.regions[1:])
+    print(f"  {'entry':5} {'object%':>7} {'ratio':>6} {'topq%':>6} {'topq-r':>6} {'argmax%':>7}  {parts}")
+    print(f"  {'area':5} {100 * loc.area[0]:7.1f} {1:6.2f} {'':6} {'':6} {100 / n:7.1f}  "
+          + " ".join(f"{100 * v:7.1f}" for v in loc.area[1:]))
+    for e in range(n):
+        top = f"{100 * s.top_mass[e]:6.1f} {s.top_ratio[e]:6.2f}" if c > 1 else f"{'-':>6} {'-':>6}"
+        print(f"  e{e:<4} {100 * loc.mass[e, 0]:7.1f} {s.ratio[e]:6.2f} {top} {100 * s.share[e]:7.1f}  "
+              + " ".join(f"{100 * v:7.1f}" for v in loc.mass[e, 1:]))
+    yes = {True: "MET", False: "not met"}
+    top_count = f" (top-q channels: {s.entries_over_top_ratio})" if c > 1 else ""
+    print(f"  summary: {s.entries_over_ratio} entries with ratio >= {RATIO_TARGET:g}{top_count}; "
+          f"max arg-max share {100 * s.share.max():.1f} %; entropy / log N {s.entropy:.3f} "
+          f"(of the arg-max shares {s.share_entropy:.3f}); ratio target (>= {MIN_ENTRIES} entries): "
+          f"{yes[s.ratio_target_met]}; share target (<= {100 * MAX_SHARE:g} %): {yes[s.share_target_met]}")
 
 
 def main() -> None:
@@ -88,12 +112,18 @@ def main() -> None:
     p.add_argument("--dictionary-init", default="random", choices=DICTIONARY_INITS)
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--localise", nargs="+", type=Path, help="only the localisation of these checkpoints")
+    p.add_argument("--images", type=int, default=120, help="test images for the localisation (spread over classes)")
+    p.add_argument("--top-channels", type=float, default=TOP_CHANNELS,
+                   help="q: share of channels per entry for the per-channel score (dimension-wise)")
     args = p.parse_args()
     if args.localise:
         print("$ .venv/bin/python benchmarks/quality.py " + shlex.join(sys.argv[1:]))
-        print("Attention mass share (%) per dictionary entry on the synthetic test classes")
+        print("Attention localisation per dictionary entry on the synthetic test classes (diablo.localisation):"
+              " object% = mass on the object (channel mean), ratio = object% / area%, topq% / topq-r = the same"
+              f" over each entry's top {100 * args.top_channels:g} % channels by spatial variance, argmax% = share"
+              " of arg-max assignments won (per place, and channel for dimension-wise), then the mass on each part")
         for path in args.localise:
-            print_localisation(path.stem, path)
+            print_localisation(path.stem, path, args.images, args.top_channels)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +165,7 @@ def main() -> None:
                         ("synthetic", variant, args.seeds[0], args.steps, 10.0)), None)
             if row is None:
                 continue
-            print_localisation(variant, Path(row["out"]) / "last.safetensors")
+            print_localisation(variant, Path(row["out"]) / "last.safetensors", args.images, args.top_channels)
 
     sweep = [r for r in done if (r["dataset"], r["variant"], r["steps"], r["seed"]) ==
              (args.datasets[0], "pre-dimension", args.steps, args.seeds[0]) and r["alpha"] in {*args.alphas, 10.0}]
