@@ -87,3 +87,14 @@ def app(lab_env: dict[str, Path]):
     from streamlit.testing.v1 import AppTest
 
     return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the browser tests; fails (not skips) without it: `make test` installs it."""
+    from lab_browser import chromium_path, missing_chromium_message
+
+    path = chromium_path()
+    if path is None:
+        pytest.fail(missing_chromium_message(), pytrace=False)
+    return path

@@ -35,14 +35,6 @@ RESULT = re.compile(r"^[✓✗] \d+\. #\d+ · ")  # a retrieval result's caption
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        pytest.fail(missing_chromium_message(), pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = Path(os.environ["DIABLO_SCREENSHOTS"]) if os.environ.get("DIABLO_SCREENSHOTS") else (
         tmp_path_factory.mktemp("screenshots"))
