@@ -2,6 +2,7 @@
 call these and the diablo library (no tensor math in the UI).
 
 - settings: environment (checkpoint folder, cache root, synthetic gallery, device, torch threads)
+- errors: exceptions as one-line messages
 - store: the caching policy and the one process-wide store of gallery passes
 - models: checkpoints, model cards and loaded models
 - galleries: gallery specs and datasets, embeddings (index), metrics, entry statistics, thumbnails
@@ -11,6 +12,6 @@ call these and the diablo library (no tensor math in the UI).
 - picker: the image picker (gallery number, gallery grid, upload)
 - controls: widgets that mean the same on every page (colormap, opacity, embedding choice)
 - figures: every chart and overlay the pages show
-- output: legends, captions, metric rows, PNG downloads, messages
+- output: legends, result captions, metric rows, PNG downloads
 - sidebar: the shared sidebar (drawn once by app/main.py) and what pages read from it
 """
