@@ -257,3 +257,139 @@ def test_queries_without_positive_are_the_misses_of_a_whole_gallery_recall(galle
     assert missing > 0
     assert recall == pytest.approx(1 - missing / 60)
     assert without_positive(y, g_labels if gallery else None) == missing
+
+
+# ---- the blocked computation against a loop over queries ---------------------------------------
+
+
+def loop_metrics(q, q_labels, ks, g=None, g_labels=None) -> tuple[dict[int, float], float]:
+    """Recall@K and MAP@R by definition, one query at a time: the gallery sorted by decreasing
+    float64 inner product, equal values by increasing index, the query itself skipped by index
+    (leave-one-out); K beyond the gallery takes the whole gallery."""
+    leave_one_out = g is None
+    if leave_one_out:
+        g, g_labels = q, q_labels
+    q64, g64 = q.astype(np.float64), g.astype(np.float64)
+    hits = dict.fromkeys(ks, 0)
+    aps = []
+    for i in range(len(q)):
+        ranking = sorted((-float(np.dot(q64[i], g64[j])), j) for j in range(len(g)) if not (leave_one_out and j == i))
+        rel = [int(g_labels[j] == q_labels[i]) for _, j in ranking]
+        if 1 in rel:
+            first = rel.index(1) + 1
+            for k in ks:
+                hits[k] += first <= k
+        r = sum(rel)
+        if r:
+            found, total = 0, 0.0
+            for position, relevant in enumerate(rel[:r], start=1):
+                if relevant:
+                    found += 1
+                    total += found / position
+            aps.append(total / r)
+    return {k: hits[k] / len(q) for k in ks}, float(np.mean(aps)) if aps else float("nan")
+
+
+def copy_rows(x: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
+    """x with `count` rows replaced by exact copies of other rows: ties by construction."""
+    x = x.copy()
+    x[rng.choice(len(x), size=count, replace=False)] = x[rng.integers(0, len(x), size=count)]
+    return x
+
+
+def tied_data(n: int, seed: int, d: int = 6, classes: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Half-integer entries (every float32 inner product is exact, many tie) with copied rows,
+    classes larger than the small block sizes and three single-item classes (no positive)."""
+    rng = np.random.default_rng(seed)
+    x = copy_rows((rng.integers(-2, 3, size=(n, d)) / 2).astype(np.float32), rng, n // 5)
+    y = rng.integers(0, classes, size=n)
+    y[rng.choice(n, size=3, replace=False)] = [100, 101, 102]
+    return x, y
+
+
+def copied_unit_data(n: int, seed: int, d: int = 12, classes: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Random unit vectors with a fifth of them exact copies of others (of any class): the only
+    ties are between copies. Checked: distinct vectors' similarities to each query are at least
+    1e-6 apart, so float32 and float64 rank them alike and the loop is a fair reference."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x = copy_rows(x / np.linalg.norm(x, axis=1, keepdims=True), rng, n // 5)
+    sims = np.sort(x.astype(np.float64) @ x.astype(np.float64).T, axis=1)  # (n, n)
+    gaps = np.diff(sims, axis=1)
+    assert ((gaps == 0) | (gaps > 1e-6)).all(), "a near-tie between distinct vectors: pick another seed"
+    return x, rng.integers(0, classes, size=n)
+
+
+DATA = {"tied": tied_data, "copied_unit": copied_unit_data}
+
+
+@pytest.mark.parametrize("block_size", [2, 5, 16, 4096])
+@pytest.mark.parametrize(("kind", "seed"), [("tied", 0), ("tied", 1), ("copied_unit", 4), ("copied_unit", 5)])
+def test_blocked_leave_one_out_matches_the_loop(kind: str, seed: int, block_size: int) -> None:
+    x, y = DATA[kind](120, seed)
+    for ks in [(1, 2), (1, 3, 10, 119, 500)]:  # 119 = the whole gallery, 500 beyond it
+        expected_recall, expected_map = loop_metrics(x, y, ks)
+        result = evaluate(x, y, ks, with_nmi=False, block_size=block_size)
+        assert {k: result[f"recall@{k}"] for k in ks} == pytest.approx(expected_recall, abs=1e-12)
+        assert result["map@r"] == pytest.approx(expected_map, abs=1e-12)
+
+
+@pytest.mark.parametrize("block_size", [3, 8, 4096])
+@pytest.mark.parametrize(("kind", "seed"), [("tied", 4), ("copied_unit", 11)])
+def test_blocked_query_vs_gallery_matches_the_loop(kind: str, seed: int, block_size: int) -> None:
+    x, y = DATA[kind](150, seed)
+    q, q_labels = x[:70], y[:70]
+    g, g_labels = x[70:], y[70:].copy()
+    g_labels[g_labels == q_labels[0]] = 200  # a query class absent from the gallery: no positive
+    g[:5] = q[:5]  # gallery copies of queries
+    ks = (1, 5, 80, 1000)  # 80 = the whole gallery, 1000 beyond it
+    expected_recall, expected_map = loop_metrics(q, q_labels, ks, g, g_labels)
+    assert recall_at_k(q, q_labels, ks, g, g_labels, block_size=block_size) == pytest.approx(expected_recall, abs=1e-12)
+    assert map_at_r(q, q_labels, g, g_labels, block_size=block_size) == pytest.approx(expected_map, abs=1e-12)
+
+
+@pytest.mark.parametrize("gallery", [False, True])
+def test_memory_bounded_paths_match_the_loop(monkeypatch: pytest.MonkeyPatch, gallery: bool) -> None:
+    """Queries in groups of one block (lists over the memory bound: no symmetry), a merge after
+    every candidate and tau raised from each block's (max R + 1)-th similarity."""
+    evaluation = importlib.import_module("diablo.evaluation")
+    monkeypatch.setattr(evaluation, "_MAX_LIST_ENTRIES", 8)
+    monkeypatch.setattr(evaluation, "_MERGE_AT", 1)
+    monkeypatch.setattr(evaluation, "_CROWDED", -(10**6))
+    x, y = tied_data(110, seed=6)
+    q, q_labels, g, g_labels = (x[:60], y[:60], x[60:], y[60:]) if gallery else (x, y, None, None)
+    ks = (1, 4, 200)
+    expected_recall, expected_map = loop_metrics(q, q_labels, ks, g, g_labels)
+    result = evaluate(q, q_labels, ks, g, g_labels, with_nmi=False, block_size=7)
+    assert {k: result[f"recall@{k}"] for k in ks} == pytest.approx(expected_recall, abs=1e-12)
+    assert result["map@r"] == pytest.approx(expected_map, abs=1e-12)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3])
+def test_ties_keep_index_order_across_blocks(block_size: int) -> None:
+    # As test_ties_keep_index_order, with the tied items in different blocks.
+    x = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    assert recall_at_k(x, np.array([0, 1, 0, 2]), ks=(1, 2), block_size=block_size) == {1: 0.25, 2: 0.5}
+    assert recall_at_k(x, np.array([0, 0, 1, 2]), ks=(1, 2), block_size=block_size) == {1: 0.5, 2: 0.5}
+    assert recall_at_k(x, np.array([5, 0, 0, 5]), ks=(1,), block_size=block_size) == {1: 0.25}
+    # MAP@R: query 0 (class 0, R = 1) ranks 1 (class 1) then 2 (class 0): AP@1 = 0; query 2
+    # ranks 0 first: AP 1; queries 1 and 3 have no positive.
+    assert map_at_r(x, np.array([0, 1, 0, 2]), block_size=block_size) == 0.5
+
+
+def test_block_size_must_be_positive() -> None:
+    x, y = integer_embeddings(10)
+    with pytest.raises(ValueError, match="block_size"):
+        recall_at_k(x, y, block_size=0)
+
+
+def test_raised_tau_leaves_room_for_the_query_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tau raised from a block's similarities must count the query itself among them: query 0's
+    top R = 2 are items 1 (0.8) and 2 (0.6), below its own 1.0; both must stay in its list."""
+    evaluation = importlib.import_module("diablo.evaluation")
+    monkeypatch.setattr(evaluation, "_CROWDED", -(10**6))  # raise tau in every block
+    x = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+    y = np.array([0, 0, 0, 1])
+    # Every query of class 0 ranks its two positives first (AP 1); item 3 has no positive.
+    assert map_at_r(x, y) == 1.0
+    assert map_at_r(x, y, block_size=2) == 1.0
