@@ -1,41 +1,62 @@
-"""A faiss gallery index: exact inner-product search over unit embeddings, saved beside a JSON.
+"""A faiss gallery index: inner-product search over unit embeddings, saved as a directory.
 
 DIABLO embeddings are unit L2 norm, so the inner product is the cosine similarity. An
-embedding is the concatenation of N unit branch embeddings divided by sqrt(N) (DESIGN.md §2),
-so over the n-th slice of D / N dimensions, N * <q_n, g_n> is the cosine of branch n and the
+embedding is the concatenation of N unit branch embeddings divided by sqrt(N) (docs/design.md
+§2), so over the n-th slice of D / N dimensions, N * <q_n, g_n> is the cosine of branch n and the
 full cosine is the mean of the N branch cosines. `GalleryIndex.search` returns both.
+
+Search is exact (faiss IndexFlatIP) below `diablo.approximate.APPROXIMATE_FROM` vectors and
+IVF-Flat above (`diablo.approximate`: the similarities returned are exact, the candidate set is
+approximate, nprobe calibrated to recall@10 >= 0.95 when the index is built).
 
 Ranking (`ranked_search`, shared with `diablo.evaluation`): results are ordered by decreasing
 similarity and equal similarities keep gallery-index order (lower id first), also across the
 top-k boundary. faiss's heap does not promise that order, so the results are re-sorted stably
 and rows whose k-th similarity ties with the last fetched one are searched again with more
-neighbours until the tie is inside the window (or the whole gallery is).
+neighbours until the tie is inside the window (or the whole gallery is). An approximate index
+that finds fewer than k candidates pads the row with id -1 (similarity -inf, branch similarities
+NaN).
 
-On disk (`save` / `load`): DIR/gallery.json (key, labels, paths, branch count) and the faiss
-index in DIR/gallery-<token>.faiss, the file the JSON names. Each file is written to a temporary
-name and moved into place with os.replace, the JSON last, so a reader sees either the old pair or
-the new pair, never a mix. `load` returns None when there is nothing usable for the key (no JSON,
-another key, the index file gone): the caller rebuilds. Files that exist for the key but are not
-a valid index raise ValueError.
+On disk: `diablo.gallery_files` (format version 2; version 1 is still read). `save` / `load` are
+the lab's cache (keyed by `index_key`); `open_index` opens any gallery directory, e.g. one that
+`python -m diablo.index build` wrote (`diablo.gallery_build`).
+
+Command line (`diablo.gallery_commands`):
+
+    python -m diablo.index build --checkpoint C --dataset D [--root R] [--split S] --out DIR
+    python -m diablo.index search DIR --image x.jpg [-k 10] [--json]
+    python -m diablo.index info DIR [--json]
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
-from diablo.files import atomic_write_bytes
+from diablo.approximate import describe_kind, search_parameters
+from diablo.gallery_files import FORMAT_VERSION, EmbeddingShards, GalleryFiles, read_gallery, read_manifest
 
-FORMAT_VERSION = 1
-METADATA_NAME = "gallery.json"
+__all__ = [
+    "FORMAT_VERSION",
+    "BuiltIndex",
+    "GalleryIndex",
+    "SearchResult",
+    "as_embedding_matrix",
+    "as_label_vector",
+    "index_key",
+    "open_index",
+    "ranked_search",
+]
+
+_KEY_VERSION = 1  # index_key's salt: the embeddings a key names have not changed since version 1
 _TIE_MARGIN = 8  # extra neighbours fetched so that boundary ties are usually resolved at once
 _MAX_RESULTS = 1 << 22  # neighbours (rows x k) fetched per faiss call, bounds the memory
 
@@ -79,11 +100,12 @@ def _stable_order(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
 def ranked_search(
     index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of each query by inner product, ties in gallery-index order.
+    """Top-k of each query by inner product, ties in gallery-index order.
 
     queries (q, D) float32; exclude (q,) int: a gallery id left out of row i's results (-1: none),
     e.g. the query itself for leave-one-out. k is clamped to the gallery size (minus one with
     exclude). Returns ids (q, k') int64 and similarities (q, k') float32, k' the clamped k.
+    Exact for a flat index; an IVF index pads rows it finds too few candidates for with id -1.
     """
     n = int(index.ntotal)
     q = int(queries.shape[0])
@@ -103,15 +125,20 @@ def ranked_search(
         for start in range(0, pending.size, rows_per_call):
             rows = pending[start : start + rows_per_call]
             sims, ids = index.search(queries[rows], fetch)  # (r, fetch) each
+            missing = ids < 0  # an approximate index found fewer than `fetch`: sorted last
+            if missing.any():
+                sims[missing], ids[missing] = -np.inf, n
             sims, ids = _stable_order(sims, ids)
+            if missing.any():
+                ids[ids == n] = -1
             if exclude is not None:  # drop the excluded id by index, or the last column
-                drop_mask = ids == exclude[rows, None]
+                drop_mask = (ids == exclude[rows, None]) & (ids >= 0)
                 drop_mask[~drop_mask.any(axis=1), -1] = True
                 keep = ~drop_mask
                 sims = sims[keep].reshape(len(rows), fetch - 1)
                 ids = ids[keep].reshape(len(rows), fetch - 1)
             if fetch < n:  # items tied with the k-th may lie beyond the fetched window
-                tied = sims[:, k_eff - 1] == sims[:, -1]
+                tied = (sims[:, k_eff - 1] == sims[:, -1]) & (ids[:, -1] >= 0)
             else:
                 tied = np.zeros(len(rows), dtype=bool)
             done = rows[~tied]
@@ -123,11 +150,29 @@ def ranked_search(
     return ids_out, sims_out
 
 
+class _FlatMemory:
+    """The vectors of a flat faiss index as an array interface that holds the index: arrays made
+    from it keep the index, hence the memory, alive."""
+
+    def __init__(self, index: faiss.IndexFlat) -> None:
+        self.index = index
+        self.__array_interface__ = {"shape": (int(index.ntotal), int(index.d)), "typestr": "<f4",
+                                    "data": (int(index.get_xb()), True), "version": 3}  # read-only
+
+
+def _flat_view(index: faiss.IndexFlat) -> np.ndarray:
+    """A read-only (n, D) float32 view of a flat index's vectors, without a copy. The view keeps the
+    index alive (through its base); the index must get no more vectors (GalleryIndex never adds)."""
+    if index.ntotal == 0:
+        return np.empty((0, int(index.d)), dtype=np.float32)
+    return np.asarray(_FlatMemory(index))  # (n, D)
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """Neighbours of q queries, best first."""
 
-    ids: np.ndarray  # (q, k) int64 gallery ids
+    ids: np.ndarray  # (q, k) int64 gallery ids (-1: no candidate, approximate index only)
     similarities: np.ndarray  # (q, k) float32 full cosine similarity
     branch_similarities: np.ndarray  # (q, k, N) float32 cosine of each branch; mean over N = full
 
@@ -138,31 +183,42 @@ class SearchResult:
 
 
 class GalleryIndex:
-    """A gallery's embeddings in a faiss IndexFlatIP, with labels, optional paths and a cache key."""
+    """A gallery's embeddings in a faiss index (flat or IVF-Flat), with labels, optional paths and a key.
+
+    embeddings: (n, D) float32 array or `EmbeddingShards`; None for a flat index, which holds them.
+    params: the index's description ({"type": "flat"} or the IVF parameters, `diablo.approximate`).
+    """
 
     def __init__(
         self,
-        index: faiss.IndexFlatIP,
+        index: faiss.Index,
         labels: np.ndarray,
         num_branches: int,
         key: str,
         paths: Sequence[str] | None = None,
+        embeddings: np.ndarray | EmbeddingShards | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         n, dim = int(index.ntotal), int(index.d)
+        self.kind = describe_kind(index)
         if num_branches < 1 or dim % num_branches:
             raise ValueError(f"num_branches={num_branches} must be >= 1 and divide D={dim}")
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} embeddings")
         if paths is not None and len(paths) != n:
             raise ValueError(f"{len(paths)} paths for {n} embeddings")
+        if embeddings is None and self.kind != "flat":
+            raise ValueError(f"a {self.kind} index does not hold its embeddings: pass them")
+        if embeddings is not None and tuple(embeddings.shape) != (n, dim):
+            raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} for an index of ({n}, {dim})")
         self.index = index
         self.labels = np.asarray(labels, dtype=np.int64)  # (n,)
         self.num_branches = int(num_branches)
         self.key = str(key)
         self.paths = None if paths is None else [str(p) for p in paths]
-        self.embeddings = np.empty((n, dim), dtype=np.float32)  # (n, D)
-        if n:  # an explicit numpy output: faiss.contrib.torch_utils would return a tensor otherwise
-            index.reconstruct_n(0, n, self.embeddings)
+        self.params = dict(params or {"type": self.kind})
+        search_parameters(index, self.params)
+        self._stored = embeddings  # None: the flat index holds them
 
     @classmethod
     def build(
@@ -172,13 +228,23 @@ class GalleryIndex:
         num_branches: int = 1,
         key: str = "",
         paths: Sequence[str] | None = None,
+        kind: str = "flat",
+        approximate_from: int | None = None,
+        progress: bool = False,
     ) -> GalleryIndex:
-        """Index embeddings (n, D) with labels (n,); num_branches N splits D into N slices."""
+        """Index embeddings (n, D) with labels (n,); num_branches N splits D into N slices.
+
+        kind: "flat" (exact), "ivf-flat", or "auto" (IVF-Flat from `approximate_from` vectors,
+        default `diablo.approximate.APPROXIMATE_FROM`).
+        """
+        from diablo.approximate import APPROXIMATE_FROM, build_faiss_index
+
         embeddings = as_embedding_matrix(embeddings)
         labels = as_label_vector(labels, embeddings.shape[0])
-        index = faiss.IndexFlatIP(embeddings.shape[1])
-        index.add(embeddings)
-        return cls(index, labels, num_branches, key, paths)
+        threshold = APPROXIMATE_FROM if approximate_from is None else approximate_from
+        index, params = build_faiss_index(embeddings, kind, threshold, progress=progress)
+        stored = None if params["type"] == "flat" else embeddings
+        return cls(index, labels, num_branches, key, paths, stored, params)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -186,6 +252,29 @@ class GalleryIndex:
     @property
     def dim(self) -> int:
         return int(self.index.d)
+
+    @property
+    def exact(self) -> bool:
+        """Whether search is exact (a flat index)."""
+        return self.kind == "flat"
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(n, D) float32, in gallery order: copied from the flat index or read from the shards on first use."""
+        if self._stored is None:
+            self._stored = np.array(_flat_view(self.index))
+        elif isinstance(self._stored, EmbeddingShards):
+            self._stored = self._stored.array()
+        return self._stored
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Embeddings of gallery ids of any shape: ids.shape + (D,) float32, without reading the rest."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._stored is None:
+            return _flat_view(self.index)[ids]
+        if isinstance(self._stored, EmbeddingShards):
+            return self._stored.rows(ids)
+        return self._stored[ids]
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> SearchResult:
         """The k nearest gallery items of each query (q, D), ties in gallery order; k is clamped.
@@ -198,68 +287,89 @@ class GalleryIndex:
         ids, sims = ranked_search(self.index, queries, k, exclude)  # (q, k) each
         n_br = self.num_branches
         q, kk = ids.shape
+        found = ids >= 0  # (q, k)
         qb = queries.reshape(q, 1, n_br, -1)  # (q, 1, N, D/N)
-        gb = self.embeddings[ids].reshape(q, kk, n_br, -1)  # (q, k, N, D/N)
+        gb = self.rows(np.where(found, ids, 0)).reshape(q, kk, n_br, -1)  # (q, k, N, D/N)
         branch = (qb * gb).sum(axis=-1, dtype=np.float32) * np.float32(n_br)  # (q, k, N)
+        branch[~found] = np.nan
         return SearchResult(ids=ids, similarities=sims, branch_similarities=branch)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write DIR/gallery-<token>.faiss then DIR/gallery.json atomically; returns the JSON path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        index_name = f"gallery-{uuid.uuid4().hex}.faiss"
-        atomic_write_bytes(directory / index_name, faiss.serialize_index(self.index).tobytes())
-        meta = {
-            "format": "diablo-gallery-index",
-            "version": FORMAT_VERSION,
-            "key": self.key,
-            "index_file": index_name,
-            "count": len(self),
-            "dim": self.dim,
-            "num_branches": self.num_branches,
-            "labels": self.labels.tolist(),
-            "paths": self.paths,
-        }
-        meta_path = directory / METADATA_NAME
-        atomic_write_bytes(meta_path, json.dumps(meta).encode())
-        for stale in directory.glob("gallery-*.faiss"):  # earlier saves, now unreferenced
-            if stale.name != index_name:
-                stale.unlink(missing_ok=True)
-        return meta_path
+        """Write the index's files, then DIR/gallery.json, atomically (`diablo.gallery_files`); returns
+        the JSON's path."""
+        from diablo.gallery_files import write_gallery
+
+        embeddings = None if self.exact else self.embeddings
+        return write_gallery(directory, self.index, self.labels, kind=self.kind, key=self.key,
+                             num_branches=self.num_branches, params=self.params, paths=self.paths,
+                             embeddings=embeddings)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], key: str) -> GalleryIndex | None:
-        """The index saved in DIR for this key; None if none is (a cache miss), ValueError if corrupt."""
-        meta_path = Path(directory) / METADATA_NAME
+    def load(cls, directory: str | os.PathLike[str], key: str) -> BuiltIndex | None:
+        """The index saved in DIR for this key; None if none is (a cache miss: no manifest, another
+        key, an unknown version, a file gone), ValueError if its files are corrupt."""
         try:
-            text = meta_path.read_text()
+            manifest = read_manifest(directory)
         except FileNotFoundError:
             return None
-        try:
-            meta = json.loads(text)
-            if meta.get("format") != "diablo-gallery-index":
-                raise ValueError("not a diablo gallery index")
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"{meta_path} is not a diablo gallery index: {err}") from err
-        if meta.get("key") != key or meta.get("version") != FORMAT_VERSION:
+        if manifest.get("key") != key or manifest.get("version") not in (1, FORMAT_VERSION):
             return None
-        index_path = meta_path.parent / str(meta.get("index_file"))
         try:
-            raw = np.fromfile(index_path, dtype=np.uint8)
+            files = read_gallery(directory, manifest)
         except FileNotFoundError:
             return None
+        return BuiltIndex.from_files(Path(directory), files)
+
+
+class BuiltIndex(GalleryIndex):
+    """A gallery index opened from its directory, with the manifest that describes it."""
+
+    def __init__(self, directory: Path, files: GalleryFiles, params: dict[str, Any]) -> None:
+        manifest = files.manifest
+        super().__init__(files.index, files.labels, int(manifest.get("num_branches", 1)),
+                         str(manifest.get("key", "")), files.paths, files.embeddings, params)
+        self.directory = directory
+        self.manifest = manifest
+        self.classes = files.classes
+
+    @classmethod
+    def from_files(cls, directory: Path, files: GalleryFiles) -> BuiltIndex:
+        entry = files.manifest.get("index")
+        params = entry.get("params") if isinstance(entry, dict) else None
         try:
-            index = faiss.deserialize_index(raw)
-        except RuntimeError as err:
-            raise ValueError(f"{index_path} is not a readable faiss index: {err}") from err
-        if (
-            not isinstance(index, faiss.IndexFlatIP)
-            or index.ntotal != meta["count"]
-            or index.d != meta["dim"]
-            or len(meta["labels"]) != meta["count"]
-        ):
-            raise ValueError(f"{index_path} does not match {meta_path}")
-        return cls(index, np.asarray(meta["labels"], np.int64), meta["num_branches"], key, meta["paths"])
+            return cls(directory, files, params if isinstance(params, dict) else None)
+        except ValueError as err:
+            raise ValueError(f"{directory}: {err}") from None
+
+    @property
+    def build(self) -> dict[str, Any]:
+        """The build record (checkpoint, dataset, split, image size, skipped files, command); {} if none."""
+        build = self.manifest.get("build")
+        return build if isinstance(build, dict) else {}
+
+    def check_checkpoint(self, digest: str) -> None:
+        """ValueError (one line) unless `digest` (diablo.checkpoint.checkpoint_digest) is the model
+        the gallery was embedded with."""
+        recorded = (self.build.get("checkpoint") or {}).get("digest")
+        if recorded is None:
+            raise ValueError(f"{self.directory} records no checkpoint digest to check against")
+        if digest != recorded:
+            raise ValueError(f"the checkpoint holds another model than the one {self.directory} was built with "
+                             f"(digest {digest[:12]}, the index records {recorded[:12]})")
+
+    def class_name(self, i: int) -> str:
+        """The class name of gallery item i, or its label as text."""
+        label = int(self.labels[i])
+        return self.classes[label] if self.classes and 0 <= label < len(self.classes) else str(label)
+
+
+def open_index(directory: str | os.PathLike[str]) -> BuiltIndex:
+    """The gallery index in DIR (any key, format version 1 or 2).
+
+    FileNotFoundError if DIR holds no index or a file it names is missing; ValueError if corrupt.
+    """
+    directory = Path(directory)
+    return BuiltIndex.from_files(directory, read_gallery(directory))
 
 
 def index_key(checkpoint_path: str | os.PathLike[str], gallery_description: str) -> str:
@@ -273,7 +383,13 @@ def index_key(checkpoint_path: str | os.PathLike[str], gallery_description: str)
         for block in iter(lambda: handle.read(1 << 20), b""):
             content.update(block)
     key = hashlib.sha256()
-    for part in (f"diablo-gallery-v{FORMAT_VERSION}", content.hexdigest(), gallery_description):
+    for part in (f"diablo-gallery-v{_KEY_VERSION}", content.hexdigest(), gallery_description):
         key.update(part.encode())
         key.update(b"\0")
     return key.hexdigest()
+
+
+if __name__ == "__main__":  # python -m diablo.index: the command lines live in diablo.gallery_commands
+    from diablo.gallery_commands import main
+
+    sys.exit(main())
