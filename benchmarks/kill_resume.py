@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,8 +60,11 @@ def stable(history: list[dict]) -> list[dict]:
 
 def check(out: Path) -> str:
     """'' when the directory is sound after recovery, else what is wrong."""
-    for path in [*out.glob("*.safetensors"), *(out / "epochs").glob("[0-9]*[0-9].safetensors")]:
-        diablo.load_checkpoint(path, device="cpu")  # raises on a damaged file
+    for path in [*out.glob("*.safetensors"), *(out / "epochs").glob("*.safetensors")]:
+        if "state" in path.name:
+            load_file(path)  # the optimiser's moments: raises on a damaged file
+        else:
+            diablo.load_checkpoint(path, device="cpu")
     if not (out / "run.json").exists():
         return "" if not (out / "last.safetensors").exists() else "last.safetensors without run.json"
     RunDirectory(out).recover()
