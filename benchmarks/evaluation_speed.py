@@ -10,10 +10,15 @@ images are exact copies of another one (of the same class or not), so that the r
 
 `reference_retrieve` below is the implementation of `diablo.evaluation` before this change
 (faiss IndexFlatIP top-max(K, R) search with `ranked_search`, copied as it was), run on the same
-data in the same process. A third check on a subset without duplicate images: pytorch-metric-
+data in the same process. Every query where the two differ, and a random sample, is checked
+against `brute_force` (float64, one query at a time, ties by index). The old search can give two
+identical vectors different similarities (faiss computes them in database blocks of different
+shapes), so with copies (`--copies`, default 0.005) it may break its own tie rule on a few
+queries; `--copies 0` removes them. Last check, on a subset without copies: pytorch-metric-
 learning's AccuracyCalculator (precision_at_1, mean_average_precision_at_r).
 
     python benchmarks/evaluation_speed.py --threads 2
+    python benchmarks/evaluation_speed.py --threads 2 --copies 0
 
 Printed: sizes, seconds of each implementation (wall and CPU seconds of the process, all threads:
 on a busy machine the wall time is not the idle time), the ratio, the largest difference of each
