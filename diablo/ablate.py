@@ -19,7 +19,6 @@ paper (`--preset cub` or `cub-val`) the table shows the paper's R@1 beside each 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -28,13 +27,14 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from diablo import protocol
 from diablo import train as training
+from diablo.arguments import Parser
 from diablo.checkpoint import load_checkpoint, read_metadata, resolve_device
 from diablo.config import ATTENTIONS, DICTIONARY_INITS, LOSS_NAMES, SELECTIONS, TrainConfig
 from diablo.dictionary import effective_start
@@ -326,14 +326,8 @@ def ablate(base: TrainConfig, cells: list[Cell], seeds: list[int], val_fraction:
     return {**result, "notes": notes}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr, exit status 2."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, allow_abbrev=False, description=__doc__.splitlines()[0],
+def parser() -> Parser:
+    p = Parser(prog=PROG, allow_abbrev=False, description=__doc__.splitlines()[0],
                 epilog="Every other flag is passed to python -m diablo.train (see its --help), e.g. --preset cub.")
     p.add_argument("--attention", nargs="+", choices=ATTENTIONS, default=["pre", "post", "none"], metavar="A",
                    help="pre, post (DIABLO, Figure 1) and/or none (the baseline); default: all three")

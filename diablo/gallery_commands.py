@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 4 -m diablo.index build ...      (the same flags; each process embeds its shards)
     python -m diablo.index search galleries/cub --image bird.jpg -k 10 [--json]
     python -m diablo.index info galleries/cub [--json]
+    python -m diablo.evaluate --index galleries/cub      (its Recall@K, MAP@R and NMI: diablo.evaluate)
 
 `search` embeds the images with the checkpoint the index was built with (its recorded path, or
 --checkpoint) and refuses a checkpoint whose digest differs from the one recorded. Bad arguments
@@ -19,67 +20,46 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from diablo.approximate import APPROXIMATE_FROM, KINDS
+from diablo.arguments import Parser, count, device_problem, fail, one_line
 
 PROG = "python -m diablo.index"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block): `PROG: error: ...`, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def parser() -> _Parser:
+def parser() -> Parser:
     from diablo.data import DATASETS, SPLITS
 
-    p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     b = sub.add_parser("build", help="embed a dataset split into an index directory")
     b.add_argument("--checkpoint", required=True, help="a diablo .safetensors checkpoint")
     b.add_argument("--dataset", required=True, choices=DATASETS)
     b.add_argument("--root", default=None, help="the dataset's directory")
     splits = sorted({s for names in SPLITS.values() for s in names})
     b.add_argument("--split", default="test", choices=splits, help="the split to index (default: test)")
-    b.add_argument("--image-size", type=_count(1), default=None,
+    b.add_argument("--image-size", type=count(1), default=None,
                    help="default: the checkpoint's training size, else the dataset's")
-    b.add_argument("--batch-size", type=_count(1), default=64)
+    b.add_argument("--batch-size", type=count(1), default=64)
     b.add_argument("--float16", action="store_true", help="store the embedding shards as float16")
     b.add_argument("--out", required=True, type=Path, help="the index directory (created; a killed build resumes)")
-    b.add_argument("--shard-size", type=_count(1), default=None, help="items per shard (default 4096)")
+    b.add_argument("--shard-size", type=count(1), default=None, help="items per shard (default 4096)")
     b.add_argument("--index", dest="kind", choices=KINDS, default="auto",
                    help="faiss index: exact flat, IVF-Flat, or auto (IVF-Flat from --approximate-from items)")
-    b.add_argument("--approximate-from", type=_count(2), default=APPROXIMATE_FROM,
+    b.add_argument("--approximate-from", type=count(2), default=APPROXIMATE_FROM,
                    help=f"gallery size from which auto builds IVF-Flat (default {APPROXIMATE_FROM})")
-    b.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
-    b.add_argument("--num-workers", type=_count(0), default=0, help="DataLoader worker processes")
+    b.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    b.add_argument("--num-workers", type=count(0), default=0, help="DataLoader worker processes")
     b.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     s = sub.add_parser("search", help="the nearest gallery items of images")
     s.add_argument("directory", type=Path, help="an index directory")
     s.add_argument("--image", action="append", required=True, type=Path, help="a query image (repeatable)")
-    s.add_argument("-k", type=_count(1), default=10, help="neighbours per image (default 10)")
+    s.add_argument("-k", type=count(1), default=10, help="neighbours per image (default 10)")
     s.add_argument("--checkpoint", default=None, help="default: the checkpoint the index records")
-    s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
+    s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i = sub.add_parser("info", help="describe an index directory")
     i.add_argument("directory", type=Path, help="an index directory")
@@ -87,27 +67,13 @@ def parser() -> _Parser:
     return p
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    if "Original Traceback" in text:  # re-raised from a DataLoader worker
-        text = text.splitlines()[-1]
-    return " ".join(text.split()) or type(err).__name__
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 1
-
-
-def _check_usage(p: _Parser, args: argparse.Namespace) -> None:
-    from diablo.checkpoint import resolve_device
+def _check_usage(p: Parser, args: argparse.Namespace) -> None:
+    """The checks argparse cannot do alone; each failure ends in p.error (one line, exit 2)."""
     from diablo.data import SPLITS
 
-    if getattr(args, "device", None) is not None:
-        try:
-            resolve_device(args.device)
-        except ValueError as err:
-            p.error(f"argument --device: {err}")
+    problem = device_problem(args.device) if getattr(args, "device", None) is not None else None
+    if problem:
+        p.error(problem)
     if args.command == "build" and args.split not in SPLITS[args.dataset]:
         p.error(f"argument --split: {args.split!r} is not a split of {args.dataset} "
                 f"(choose from {', '.join(SPLITS[args.dataset])})")
@@ -124,10 +90,10 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
             overwrite=args.overwrite, progress=not args.quiet, command=shlex.join([*PROG.split(), *argv]),
         )
     except BuildConflict as err:
-        print(f"{PROG} build: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG} build: error: {one_line(err)}", file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError) as err:
-        return _fail(_one_line(err))
+        return fail(PROG, one_line(err))
     if outcome.rank == 0:
         if outcome.status == "up to date":
             print(f"{outcome.directory}: up to date (the same build is there; --overwrite rebuilds it)")
@@ -151,7 +117,7 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         index = _open(args.directory)
     except (OSError, ValueError) as err:
-        return _fail(_one_line(err))
+        return fail(PROG, one_line(err))
     build = index.build
     checkpoint = args.checkpoint or (build.get("checkpoint") or {}).get("path")
     if not checkpoint:
@@ -173,7 +139,7 @@ def run_search(args: argparse.Namespace) -> int:
             queries = model(images.to(next(model.parameters()).device)).float().cpu().numpy()  # (q, D)
         result = index.search(queries, args.k)
     except (OSError, ValueError, RuntimeError) as err:
-        return _fail(_one_line(err))
+        return fail(PROG, one_line(err))
     report = {
         "index": str(args.directory), "checkpoint": str(checkpoint), "k": args.k, "exact": index.exact,
         "queries": [{"image": str(path), "results": [
@@ -233,7 +199,7 @@ def run_info(args: argparse.Namespace) -> int:
     try:
         index = _open(args.directory)
     except (OSError, ValueError) as err:
-        return _fail(_one_line(err))
+        return fail(PROG, one_line(err))
     if args.json:
         print(json.dumps(index.manifest, indent=1))
     else:

@@ -438,3 +438,177 @@ def test_the_module_entry_point_fails_in_one_line() -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "python -m diablo.evaluate: error: argument --image-size: must be at least 1, got 0\n"
+
+
+# ---- --index: a built gallery index scored without re-embedding ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_gallery import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+
+
+def build(checkpoint: Path, root: Path, out: Path, *extra: str) -> Path:
+    """`python -m diablo.index build` of the folder's test split, on the CPU, its scan cached in a fresh folder."""
+    from diablo.gallery_commands import main as index_main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIABLO_CACHE", str(out.parent / "cache"))
+        argv = ["build", "--checkpoint", str(checkpoint), "--dataset", "folder", "--root", str(root), "--out", str(out)]
+        assert index_main([*argv, "--device", "cpu", "--quiet", *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tiny: Path, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tiny, folder, tmp_path_factory.mktemp("built") / "index")
+
+
+def report_of(argv: list[str], out: Path, capsys: pytest.CaptureFixture) -> tuple[dict, str]:
+    assert cli.main([*argv, "--json", str(out)]) == 0
+    return json.loads(out.read_text()), capsys.readouterr().out
+
+
+def test_an_exact_index_scores_as_embedding_the_split(
+    built: Path, tiny: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    direct, _ = report_of(
+        ["--checkpoint", str(tiny), "--dataset", "folder", "--root", str(folder), "--device", "cpu", "--quiet"],
+        tmp_path / "direct.json",
+        capsys,
+    )
+    scored, table = report_of(["--index", str(built), "--checkpoint", str(tiny)], tmp_path / "index.json", capsys)
+    assert scored["metrics"] == direct["metrics"]  # exactly: the same embeddings, the same exact ranking
+    assert list(scored["metrics"]) == ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"]
+    for key in ("dataset", "split", "image_size", "sizes", "skipped", "skipped_files", "without_positive"):
+        assert scored[key] == direct[key], key
+    assert scored["sizes"] == {"test": 24} and scored["image_size"] == 32
+    assert scored["search"] == "exact" and scored["index"] == str(built)
+    lines = table.splitlines()
+    assert lines[0] == (
+        f"{built} on folder: 24 test images evaluated, 0 unreadable files skipped, 0 queries without a positive"
+    )
+    assert lines[1].split()[:2] == ["search", "exact"]
+    assert f"{100 * direct['metrics']['recall@1']:6.2f}" in lines[2]
+    # The checkpoint is optional: the recorded one is reported.
+    alone, _ = report_of(["--index", str(built), "--no-nmi"], tmp_path / "alone.json", capsys)
+    assert alone["checkpoint"] == str(tiny.resolve()) and "nmi" not in alone["metrics"]
+    assert alone["metrics"] == {k: v for k, v in direct["metrics"].items() if k != "nmi"}
+
+
+def test_an_approximate_index_is_scored_through_its_search_and_says_so(
+    tiny: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An IVF-Flat index of 24 items has one list, so its search is exhaustive: the metrics are the
+    exact ones, reached through the approximate path."""
+    index = build(tiny, folder, tmp_path / "ivf", "--index", "ivf-flat")
+    exact, _ = report_of(["--index", str(build(tiny, folder, tmp_path / "flat"))], tmp_path / "flat.json", capsys)
+    scored, table = report_of(["--index", str(index)], tmp_path / "ivf.json", capsys)
+    assert scored["search"] == "approximate" and scored["index_params"]["type"] == "ivf-flat"
+    assert scored["index_params"]["nlist"] == 1
+    assert scored["metrics"] == pytest.approx(exact["metrics"], abs=1e-12)
+    assert "approximate: the index's ivf-flat search, nprobe 1 of 1 lists" in table.splitlines()[1]
+
+
+def approximate_expected(index, ks: tuple[int, ...]) -> dict[str, float]:
+    """Recall@K and MAP@R of what the IVF index's own faiss search returns, one query at a time."""
+    x, labels = index.embeddings, index.labels
+    n = len(labels)
+    hits = {k: 0 for k in ks}
+    precisions = []
+    for i in range(n):
+        r = int((labels == labels[i]).sum()) - 1
+        want = max(*ks, r)
+        _, ids = index.index.search(x[i : i + 1], want + 1)
+        found = [int(j) for j in ids[0] if j != i and j >= 0][:want]
+        relevant = [labels[j] == labels[i] for j in found]
+        for k in ks:
+            hits[k] += any(relevant[:k])
+        if r:
+            precisions.append(
+                sum(sum(relevant[: p + 1]) / (p + 1) for p in range(r) if p < len(relevant) and relevant[p]) / r
+            )
+    return {**{f"recall@{k}": hits[k] / n for k in ks}, "map@r": float(np.mean(precisions))}
+
+
+def test_index_metrics_of_an_approximate_index_count_only_what_its_search_returns() -> None:
+    from diablo.index import GalleryIndex
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 16))
+    labels = np.repeat(np.arange(40), 50)  # 2000 items, R = 49
+    x = centres[labels] + rng.normal(scale=1.2, size=(len(labels), 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    index = GalleryIndex.build(x, labels, kind="ivf-flat")
+    index.index.nprobe = 1  # a narrow search: it misses neighbours
+    got = cli.index_metrics(index, (1, 4, 16), with_nmi=False)
+    expected = approximate_expected(index, (1, 4, 16))
+    assert got == pytest.approx(expected, abs=1e-9)
+    exact = evaluate_metrics(x, labels, (1, 4, 16), with_nmi=False)
+    assert abs(got["map@r"] - exact["map@r"]) > 0.01  # the approximate search's figures, not exact ones
+
+
+def test_index_refuses_another_checkpoint(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tiny_gallery import tiny_checkpoint
+
+    other = tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
+    capsys.readouterr()
+    assert cli.main(["--index", str(built), "--checkpoint", str(other)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("python -m diablo.evaluate: error: ")
+    assert "another model than the one" in err
+    assert cli.main(["--index", str(built), "--checkpoint", str(tmp_path / "none.safetensors")]) == 1
+    assert "none.safetensors" in capsys.readouterr().err
+
+
+INDEX_CONFLICTS = [
+    (["--dataset", "cub"], "argument --dataset: {index} was built with --dataset folder, not cub"),
+    (["--split", "all"], "argument --split: {index} was built with --split test, not all"),
+    (["--image-size", "48"], "argument --image-size: {index} was built with --image-size 32, not 48"),
+    (["--root", "{tmp}"], "argument --root: {index} was built with --root {folder}, not {tmp}"),
+    (["--batch-size", "8"], "argument --batch-size: nothing is embedded with --index"),
+    (["--num-workers", "0"], "argument --num-workers: nothing is embedded with --index"),
+    (["--device", "cpu"], "argument --device: nothing is embedded with --index"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), INDEX_CONFLICTS, ids=[" ".join(a) for a, _ in INDEX_CONFLICTS])
+def test_index_refuses_conflicting_flags(
+    extra: list[str], message: str, built: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    names = {"index": built, "tmp": tmp_path, "folder": folder.resolve()}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--index", str(built), *(a.format(**names) for a in extra)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert out == "" and err.count("\n") == 1 and err.startswith("python -m diablo.evaluate: error: ")
+    assert message.format(**names) in err
+
+
+def test_index_accepts_flags_that_match_its_build(
+    built: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--index", str(built), "--dataset", "folder", "--split", "test", "--image-size", "32"]
+    report, _ = report_of([*argv, "--root", str(folder), "--no-nmi"], tmp_path / "r.json", capsys)
+    assert report["sizes"] == {"test": 24}
+
+
+def test_index_that_cannot_be_scored_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from diablo.index import GalleryIndex
+
+    assert cli.main(["--index", str(tmp_path)]) == 1
+    assert "not a gallery index" in capsys.readouterr().err
+    GalleryIndex.build(np.eye(4, dtype=np.float32), np.arange(4), key="k").save(tmp_path / "cache")
+    assert cli.main(["--index", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no build" in err
+
+
+def test_checkpoint_and_dataset_are_required_without_index(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--checkpoint", "m"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "the following arguments are required: --dataset (or --index DIR)" in err
