@@ -20,6 +20,8 @@ from app.lab.controls import OverlayStyle
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 MAX_LEGEND_CLASSES = 40  # more classes than this: one trace coloured by label, no legend
 WEBGL_POINTS = 5000  # scatter plots with more points use WebGL
+LINK_TILE = 256  # pixels a side of each image of the region-to-region links figure
+LINK_GAP = 24  # pixels between the two images
 
 
 # ---- drawing --------------------------------------------------------------------------------
@@ -33,6 +35,12 @@ def plotly_config(name: str) -> dict[str, Any]:
 def show_figure(fig: go.Figure, name: str, key: str | None = None, **kwargs: Any) -> Any:
     """st.plotly_chart with the PNG download button of the modebar."""
     return st.plotly_chart(fig, config=plotly_config(name), key=key, **kwargs)
+
+
+def _entry_rgb(entry: int, n: int) -> np.ndarray:
+    from diablo.explain import assignment_colours
+
+    return assignment_colours(n)[entry]
 
 
 def entry_colours(n: int) -> list[str]:
@@ -67,6 +75,76 @@ def heat_overlay(display: np.ndarray, heat: np.ndarray, style: OverlayStyle) -> 
     return overlay(display, heat, style.colormap, style.opacity)
 
 
+def match_heat(match: Any, entry: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The query's and the result's similarity maps of one entry (None: all entries summed), on one
+    scale in [0, 1]: 1 = the largest positive part of either map, negative parts at 0."""
+    q = match.query_map.sum(axis=0) if entry is None else match.query_map[entry]
+    r = match.result_map.sum(axis=0) if entry is None else match.result_map[entry]
+    top = max(float(q.max()), float(r.max()), 1e-12)
+    return np.clip(q / top, 0.0, 1.0), np.clip(r / top, 0.0, 1.0)
+
+
+def match_overlays(match: Any, entry: int | None, style: OverlayStyle) -> tuple[np.ndarray, np.ndarray]:
+    """(query overlay, result overlay) of an entry's similarity maps (`match_heat`)."""
+    q, r = match_heat(match, entry)
+    return heat_overlay(match.query_display, q, style), heat_overlay(match.result_display, r, style)
+
+
+def _centre(place: tuple[int, int], grid: tuple[int, int], tile: int, left: int) -> tuple[int, int]:
+    """Pixel centre (x, y) of a grid cell on a `tile`-pixel square whose left edge is at `left`."""
+    (i, j), (h, w) = place, grid
+    return left + round((j + 0.5) * tile / w), round((i + 0.5) * tile / h)
+
+
+def match_links(match: Any, entry: int | None, style: OverlayStyle, count: int, tile: int = LINK_TILE) -> np.ndarray:
+    """The query and the result side by side (overlaid with the entry's maps) and lines between the
+    centres of the `count` strongest pairs of places (thicker = stronger), numbered from 1."""
+    import cv2
+
+    query, result = (cv2.resize(img, (tile, tile), interpolation=cv2.INTER_LINEAR)
+                     for img in match_overlays(match, entry, style))
+    canvas = np.full((tile, 2 * tile + LINK_GAP, 3), 255, dtype=np.uint8)
+    canvas[:, :tile], canvas[:, tile + LINK_GAP :] = query, result
+    links = match.links[entry][:count]
+    strongest = max((abs(v) for _, _, v in links), default=1.0) or 1.0
+    grid_q, grid_r = match.query_map.shape[1:], match.result_map.shape[1:]
+    colour = (255, 255, 255) if entry is None else tuple(int(c) for c in _entry_rgb(entry, len(match.entry_share)))
+    for rank, (a, b, value) in reversed(list(enumerate(links))):  # the strongest drawn last, on top
+        start, end = _centre(a, grid_q, tile, 0), _centre(b, grid_r, tile, tile + LINK_GAP)
+        width = 1 + round(4 * max(value, 0.0) / strongest)
+        cv2.line(canvas, start, end, (20, 20, 20), width + 2, cv2.LINE_AA)
+        cv2.line(canvas, start, end, colour, width, cv2.LINE_AA)
+        for point in (start, end):
+            cv2.circle(canvas, point, 3 + width // 2, colour, -1, cv2.LINE_AA)
+        cv2.putText(canvas, str(rank + 1), (start[0] + 5, start[1] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (20, 20, 20), 2, cv2.LINE_AA)
+        cv2.putText(canvas, str(rank + 1), (start[0] + 5, start[1] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    colour, 1, cv2.LINE_AA)
+    return canvas
+
+
+def match_figure(match: Any, entry: int | None, style: OverlayStyle, count: int) -> np.ndarray:
+    """The download: `match_links` above every entry's pair of overlays with its share of the cosine."""
+    import cv2
+
+    from diablo.montage import montage
+
+    links = match_links(match, entry, style, count)
+    tiles, captions = [], []
+    for n, share in enumerate(match.entry_share):
+        q, r = match_overlays(match, n, style)
+        tiles += [q, r]
+        captions += [f"entry {n} query", f"entry {n} result {share:+.3f}"]
+    grid = montage(tiles, captions, columns=min(len(tiles), 8), tile=120)
+    width = max(links.shape[1], grid.shape[1])
+    pad = [np.pad(img, ((0, 0), (0, width - img.shape[1]), (0, 0)), constant_values=255) for img in (links, grid)]
+    title = np.full((28, width, 3), 255, dtype=np.uint8)
+    which = "all entries" if entry is None else f"entry {entry}"
+    cv2.putText(title, f"cosine {match.cosine:.4f} = sum of the entry shares; links: {which}", (6, 19),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
+    return np.concatenate([title, *pad], axis=0)
+
+
 def image_statistics(view: Any, channel: int | None = None) -> dict[str, Any]:
     """diablo.explain.entry_statistics of one image's attention (share, entropy, ...)."""
     from diablo.explain import entry_statistics
@@ -96,13 +174,22 @@ def entry_entropy_figure(entry_entropy: Sequence[float]) -> go.Figure:
     return fig
 
 
-def branch_share_figure(shares: Sequence[float], similarity: float) -> go.Figure:
-    """Bars: one result's similarity split by branch (cosine_n / N, they sum to the similarity)."""
-    n = len(shares)
-    fig = go.Figure(go.Bar(x=[f"b{i}" for i in range(n)], y=list(shares), marker_color=entry_colours(n),
-                           hovertemplate="branch %{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(height=150, margin=dict(l=0, r=0, t=22, b=0), showlegend=False,
-                      title=dict(text=f"branch shares (sum {similarity:.3f})", font=dict(size=11)))
+def branch_shares_figure(shares: np.ndarray, similarities: Sequence[float]) -> go.Figure:
+    """One chart for all results: a stacked bar per result (rank 1..k), one segment per branch
+    (cosine_n / N), so each bar's height is the result's similarity."""
+    shares = np.asarray(shares, dtype=float)  # (k, N)
+    ranks = [f"{r + 1}." for r in range(len(shares))]
+    fig = go.Figure([
+        go.Bar(x=ranks, y=shares[:, n].tolist(), name=f"b{n}", marker_color=colour,
+               hovertemplate=f"result %{{x}} branch {n}: %{{y:.3f}}<extra></extra>")
+        for n, colour in enumerate(entry_colours(shares.shape[1]))
+    ])
+    fig.add_trace(go.Scatter(x=ranks, y=[float(s) for s in similarities], mode="markers", name="similarity",
+                             marker=dict(symbol="line-ew-open", size=18, color="#222"),
+                             hovertemplate="result %{x}: similarity %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="relative", height=260, margin=dict(l=0, r=0, t=30, b=0), xaxis_title="result",
+                      title=dict(text="Branch shares of each result (cosine_n / N; they sum to its similarity)",
+                                 font=dict(size=13)), legend=dict(orientation="h", y=-0.3))
     return fig
 
 

@@ -1,11 +1,10 @@
-"""Galleries: which images the lab searches, their datasets, embeddings, metrics and thumbnails."""
+"""Galleries: which images the lab searches, their datasets, cache keys and thumbnails (their embeddings,
+metrics and entry statistics are background passes: passes.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from app.lab.models import CheckpointRef, Model
+from app.lab.models import CheckpointRef
 from app.lab.settings import synthetic_options
-from app.lab.store import gallery_folder, progress, read_json, store, write_json
 
 THUMBNAIL = 112  # pixels, the side of gallery thumbnails
-STATISTICS_IMAGES = 400  # entry statistics use at most this many gallery images, evenly spread
 UNREADABLE_TILE = 200  # the grey of a thumbnail whose file cannot be decoded
 
 
@@ -127,113 +124,12 @@ def load_gallery(spec: GallerySpec, image_size: int) -> Gallery:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _gallery_key(ref: CheckpointRef, spec: GallerySpec, image_size: int) -> str:
-    """diablo.index.index_key of the checkpoint (its content hash) and the gallery."""
+def gallery_key(ref: CheckpointRef, spec: GallerySpec, image_size: int) -> str:
+    """diablo.index.index_key of the checkpoint (its content hash) and the gallery: the key of its
+    passes (passes.py) and of their disk cache."""
     from diablo.index import index_key
 
     return index_key(ref.path, f"{spec.describe()}|image_size={image_size}")
-
-
-def gallery_index(model: Model, gallery: Gallery) -> Any:
-    """The gallery's embeddings under `model` in a diablo.index.GalleryIndex.
-
-    From the store, else from the disk cache, else embedded now (a progress bar) and saved.
-    """
-    from diablo.index import GalleryIndex
-
-    def compute() -> Any:
-        key = _gallery_key(model.ref, gallery.spec, gallery.image_size)
-        folder = gallery_folder(key)
-        try:
-            index = GalleryIndex.load(folder, key)
-        except ValueError:  # a corrupt cache is rebuilt
-            index = None
-        if index is None:
-            index = _embed_gallery(model, gallery, key)
-            try:
-                index.save(folder)
-            except OSError:
-                pass  # a read-only cache: keep the index in memory only
-        return index
-
-    return store().memo(("index", model.ref, gallery.spec, gallery.image_size), compute)
-
-
-def _embed_gallery(model: Model, gallery: Gallery, key: str) -> Any:
-    from torch.utils.data import Subset
-
-    from diablo.evaluation import embed
-    from diablo.index import GalleryIndex
-
-    n = len(gallery)
-    bar, update = progress(f"Embedding the gallery with {model.name} (once, then cached on disk):")
-    chunk = 128
-    parts, labels = [], []
-    for start in range(0, n, chunk):
-        with model.lock:
-            emb, lab = embed(model.net, Subset(gallery.dataset, range(start, min(n, start + chunk))),
-                             batch_size=32, progress=False)
-        parts.append(emb)
-        labels.append(lab)
-        update(min(n, start + chunk), n)
-    bar.empty()
-    return GalleryIndex.build(np.concatenate(parts), np.concatenate(labels), model.branches, key,
-                              gallery.dataset.paths)
-
-
-@st.cache_data(show_spinner="Scoring the gallery (Recall@K, MAP@R)…", max_entries=64)
-def _gallery_metrics(key: str, ks: tuple[int, ...], _index: Any) -> dict[str, float | None]:
-    from diablo.evaluation import evaluate
-
-    file = gallery_folder(key) / f"metrics-{'-'.join(map(str, ks))}.json"
-    cached = read_json(file)
-    if isinstance(cached, dict) and cached.get("key") == key:
-        return cached["metrics"]
-    metrics = evaluate(_index.embeddings, _index.labels, ks, with_nmi=True)
-    metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in metrics.items()}
-    write_json(file, {"key": key, "metrics": metrics})
-    return metrics
-
-
-def gallery_metrics(model: Model, gallery: Gallery, ks: Sequence[int] | None = None) -> dict[str, float | None]:
-    """{"recall@K": .., "map@r": .., "nmi": ..} of the gallery searched leave-one-out (cached); `ks` defaults
-    to the gallery dataset's Recall@K list (`diablo.data.k_list`)."""
-    from diablo.data import k_list
-
-    if ks is None:
-        ks = k_list(gallery.spec.dataset)
-    index = gallery_index(model, gallery)
-    return _gallery_metrics(index.key, tuple(int(k) for k in ks), index)
-
-
-def entry_statistics(model: Model, gallery: Gallery) -> dict[str, Any]:
-    """diablo.explain.dataset_entry_statistics over (at most STATISTICS_IMAGES of) the gallery.
-
-    From the store, else from the disk cache, else computed now (a progress bar) and saved.
-    """
-    from torch.utils.data import Subset
-
-    from diablo.data.subset import spread_indices
-    from diablo.explain import dataset_entry_statistics
-
-    def compute() -> dict[str, Any]:
-        key = _gallery_key(model.ref, gallery.spec, gallery.image_size)
-        file = gallery_folder(key) / f"entries-{STATISTICS_IMAGES}.json"
-        cached = read_json(file)
-        if isinstance(cached, dict) and cached.get("key") == key:
-            return {name: np.asarray([np.nan if x is None else x for x in v], dtype=np.float64)
-                    if isinstance(v, list) else v for name, v in cached["statistics"].items()}
-        ids = spread_indices(len(gallery), STATISTICS_IMAGES)
-        bar, update = progress(f"Summarising {model.name}'s attention over the gallery (once, then cached):")
-        with model.lock:
-            stats = dataset_entry_statistics(model.net, Subset(gallery.dataset, ids), batch_size=32, progress=update)
-        bar.empty()
-        serial = {name: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for name, v in stats.items()}
-        serial["entry_entropy"] = [None if math.isnan(v) else v for v in stats["entry_entropy"]]
-        write_json(file, {"key": key, "statistics": serial})
-        return stats
-
-    return store().memo(("entries", model.ref, gallery.spec, gallery.image_size), compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
@@ -252,3 +148,16 @@ def thumbnail(gallery: Gallery, index: int, size: int = THUMBNAIL) -> np.ndarray
     """(h, w, 3) uint8 RGB thumbnail of a gallery item (its dataset's `image`, so in-memory items such as
     Fashion-MNIST's work too), at most `size` pixels a side (cached); grey when the file is unreadable."""
     return _thumbnail(gallery.spec.describe(), int(index), int(size), gallery.dataset)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _thumbnail_png(gallery_key: str, index: int, size: int, _dataset: Any) -> bytes:
+    from diablo.montage import png_bytes
+
+    return png_bytes(_thumbnail(gallery_key, index, size, _dataset))
+
+
+def thumbnail_png(gallery: Gallery, index: int, size: int = THUMBNAIL) -> bytes:
+    """`thumbnail` as PNG file bytes (cached), for st.image: an encoded image is not encoded again on
+    every run."""
+    return _thumbnail_png(gallery.spec.describe(), int(index), int(size), gallery.dataset)

@@ -66,10 +66,11 @@ def inspect(model: Model, picked: Picked) -> View:
 def search(model: Model, index: Any, picked: Picked, k: int) -> Any:
     """The top k of the picked image in the gallery index: a diablo.index.SearchResult of one query.
 
-    A gallery item uses its stored embedding and is left out of its own results; an upload is
-    embedded first.
+    The index may hold the first items of the gallery only (a pass still running). A gallery item
+    in it uses its stored embedding and is left out of its own results; any other query (an upload,
+    an item not embedded yet) is embedded first (`inspect`, cached).
     """
-    if picked.gallery_id is not None:
+    if picked.gallery_id is not None and picked.gallery_id < len(index):
         query = index.embeddings[picked.gallery_id][None]  # (1, D)
         return index.search(query, k, exclude=np.array([picked.gallery_id]))
     return index.search(inspect(model, picked).embedding[None], k)
@@ -100,3 +101,49 @@ def attributions(
         model.ref.path, model.ref.stamp, picked.key, picked.image, f"{index.key}:{target_id}",
         index.embeddings[target_id], branch, int(steps), model.image_size,
     )
+
+
+LINKS = 16  # strongest region-to-region links kept per entry (and over all entries)
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """Why a query and a result match: diablo.explain.similarity_decomposition as numpy, per entry."""
+
+    query_display: np.ndarray  # (S, S, 3) uint8
+    result_display: np.ndarray  # (S, S, 3) uint8
+    query_map: np.ndarray  # (N, h, w): each query place's part of the cosine (summed over the result's places)
+    result_map: np.ndarray  # (N, h', w')
+    entry_share: np.ndarray  # (N,): each entry's part of the cosine (cos_n / N); sums to `cosine`
+    cosine: float  # <model(query), model(result)>
+    links: dict[int | None, list[tuple[tuple[int, int], tuple[int, int], float]]]  # entry (None: all) -> strongest
+    attention: str  # the model's config.attention: "pre", "post" or "none" (where the places are)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _match(path: str, stamp: str, query_key: str, _query: Any, result_key: str, _result: Any,
+           image_size: int) -> Match:
+    from diablo.explain import model_input, similarity_decomposition
+
+    got = loaded(path, stamp, device())
+    with got.lock:  # the decomposition hooks psi: no other pass through the network meanwhile
+        q, r = model_input(got.net, _query, image_size), model_input(got.net, _result, image_size)
+        parts = similarity_decomposition(got.net, q, r)
+    entries = int(parts.entry_share.shape[0])
+    links = {n: parts.strongest_links(n, LINKS) for n in [None, *range(entries)]}
+    return Match(
+        query_display=_inspect(path, stamp, query_key, _query, image_size).display,
+        result_display=_inspect(path, stamp, result_key, _result, image_size).display,
+        query_map=parts.query_map.double().cpu().numpy(),
+        result_map=parts.result_map.double().cpu().numpy(),
+        entry_share=parts.entry_share.double().cpu().numpy(),
+        cosine=float(parts.cosine),
+        links=links,
+        attention=str(got.config.attention),
+    )
+
+
+def match(model: Model, query: Picked, result: Picked) -> Match:
+    """The cosine of the query and a result split over dictionary entries and pairs of places (cached)."""
+    return _match(model.ref.path, model.ref.stamp, query.key, query.image, result.key, result.image,
+                  model.image_size)

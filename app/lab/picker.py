@@ -11,7 +11,7 @@ import math
 import streamlit as st
 
 from app.lab.errors import describe_error
-from app.lab.galleries import Gallery, thumbnail
+from app.lab.galleries import Gallery, thumbnail_png
 from app.lab.inspection import Picked, gallery_item
 from app.lab.uploads import read_upload
 
@@ -46,7 +46,7 @@ def _browser(page: str, gallery: Gallery, per_page: int = 12, columns: int = 2) 
     shown = ids[(int(number) - 1) * per_page : int(number) * per_page]
     for start in range(0, len(shown), columns):
         for column, i in zip(st.columns(columns), shown[start : start + columns], strict=False):
-            column.image(thumbnail(gallery, i), caption=f"#{i} {gallery.class_name(i)}", width="stretch")
+            column.image(thumbnail_png(gallery, i), caption=f"#{i} {gallery.class_name(i)}", width="stretch")
             column.button(f"Pick #{i}", key=f"{page}_pick_{i}", on_click=_choose, args=(page, i), width="stretch")
 
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import streamlit as st
 
+from app.lab import waiting
 from app.lab.errors import describe_error
-from app.lab.galleries import Gallery, GallerySpec, gallery_index, load_gallery
+from app.lab.galleries import Gallery, GallerySpec, load_gallery
 from app.lab.models import Card, CheckpointRef, Model, checkpoint_ref, list_checkpoints, read_card, try_load_model
 from app.lab.output import metrics_row
+from app.lab.passes import Searchable, searchable
 from app.lab.settings import DEFAULT_CHECKPOINT, checkpoint_dir, device, synthetic_options
 
 CONTEXT = "lab_context"  # session state: the Context of this run's sidebar
@@ -184,11 +186,20 @@ def require_gallery(ctx: Context, model: Model) -> Gallery:
     return gallery
 
 
-def require_index(model: Model, gallery: Gallery) -> Any:
-    """The gallery's embeddings under `model` (galleries.gallery_index), or an error and a stop of this page."""
-    try:
-        return gallery_index(model, gallery)
-    except Exception as err:  # e.g. a gallery whose files all turned out unreadable
-        st.error(f"Cannot embed the gallery {gallery.spec.title} with {model.name}: {describe_error(err)}",
-                 icon=":material/error:")
+def require_searchable(model: Model, gallery: Gallery) -> Searchable:
+    """The gallery as far as `model` has embedded it (passes.searchable); a failed pass is an error
+    with a retry and a stop of this page."""
+    found = searchable(model, gallery)
+    if waiting.failed(found.job, f"Cannot embed the gallery {gallery.spec.title} with {model.name}",
+                      key="embedding_retry"):
         st.stop()
+    return found
+
+
+def require_index(model: Model, gallery: Gallery) -> Any:
+    """The whole gallery's index under `model`, or the pass's progress (refreshing) and a stop of this page."""
+    found = require_searchable(model, gallery)
+    if not found.complete:
+        waiting.follow(found.job, f"Embedding the gallery with {model.name}")
+        st.stop()
+    return found.index

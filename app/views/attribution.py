@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.lab import controls, figures, inspection, output, picker, sidebar
+from app.lab import controls, figures, inspection, output, picker, sidebar, waiting
 from diablo.montage import montage
 
 STEPS = [8, 16, 32, 64]  # Integrated Gradients steps offered
@@ -18,7 +18,12 @@ st.caption(
 ctx = sidebar.context()
 model = sidebar.require_model(ctx)
 gallery = sidebar.require_gallery(ctx, model)
-index = sidebar.require_index(model, gallery)
+found = sidebar.require_searchable(model, gallery)
+if not found.complete:
+    waiting.follow(found.job, f"Embedding the gallery with {model.name} (results so far: {found.note()})")
+if found.index is None or len(found.index) < 2:
+    st.stop()
+index = found.index
 
 pick_column, main_column = st.columns([1, 3], gap="large")
 with pick_column:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.lab import controls, figures, galleries, inspection, models, output, picker, sidebar
+from app.lab import controls, figures, galleries, inspection, models, output, passes, picker, sidebar, waiting
 from app.lab.settings import checkpoint_dir
 from diablo.montage import montage
 
@@ -68,13 +68,18 @@ for slot, (column, model, gallery) in enumerate(zip(st.columns(2), loaded, galle
             tile_captions = ["image", "assignment", *[f"entry {n}" for n in range(entries)]]
         if gallery is None:
             continue
-        index = sidebar.require_index(model, gallery)
-        result = inspection.search(model, index, picked, k)
+        found = sidebar.require_searchable(model, gallery)
+        if not found.complete:
+            waiting.follow(found.job, f"Embedding the gallery with {model.name}")
+        if found.index is None or len(found.index) < 2:
+            continue
+        result = inspection.search(model, found.index, picked, k)
         ids, sims = result.ids[0], result.similarities[0]
         captions, marks = output.result_captions(gallery, ids, sims, picked.label)
         hits = "" if picked.label is None else f": {sum(bool(m) for m in marks)} of {len(ids)} of the query's class"
-        st.markdown(f"Top {len(ids)}{hits}")
-        st.image([galleries.thumbnail(gallery, int(i)) for i in ids], caption=captions, width=112)
+        partial = "" if found.complete else f" (partial: {found.note()})"
+        st.markdown(f"Top {len(ids)}{hits}{partial}")
+        st.image([galleries.thumbnail_png(gallery, int(i)) for i in ids], caption=captions, width=112)
         output.download_png(
             f"{model.name} (PNG)",
             lambda tiles=tiles, tile_captions=tile_captions, ids=ids, sims=sims, marks=marks, gallery=gallery: (
@@ -92,7 +97,10 @@ rows = []
 for model, gallery in zip(loaded, gallery_list, strict=True):
     if model is None or gallery is None:
         continue
-    metrics = galleries.gallery_metrics(model, gallery)
+    metrics = passes.searchable(model, gallery).metrics
+    if metrics is None:
+        st.info(f"{model.name}: Recall@K comes once the whole gallery is embedded.")
+        continue
     rows.append({"checkpoint": model.name, "variant": model.variant, **output.metrics_row(metrics)})
 if rows:
     st.dataframe(rows, hide_index=True)

@@ -70,7 +70,7 @@ if not selected:
 else:
     st.caption(f"{len(selected)} selected" + (f", showing the first {SHOWN}" if len(selected) > SHOWN else ""))
     shown_ids = selected[:SHOWN]
-    st.image([galleries.thumbnail(gallery, i) for i in shown_ids],
+    st.image([galleries.thumbnail_png(gallery, i) for i in shown_ids],
              caption=[f"#{i} {gallery.class_name(i)}" for i in shown_ids], width=112)
     output.download_png(
         "Selected images (PNG)",

@@ -49,3 +49,13 @@ def figures(app) -> list:
 
 def figure_titles(app) -> list[str]:
     return [fig.layout.title.text or "" for fig in figures(app)]
+
+
+def settle(app, timeout: float = 240.0):
+    """Wait for the lab's background passes (embeddings, entry statistics) to finish, then run the
+    page again (what its polling fragment does in a browser); returns the AppTest."""
+    from app.lab.store import store
+
+    assert store().wait_idle(timeout), [job.label for job in store().pending()]
+    app.run()
+    return app

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from bad_images import CORPUS, Case, image_folder
-from lab_testing import assert_ok, open_page, texts
+from lab_testing import assert_ok, open_page, settle, texts
 
 UPLOAD_PAGES = ("attention", "compare", "retrieval", "attribution")  # the pages with an image picker
 GALLERY_PAGES = ("attention", "compare", "embeddings", "retrieval", "attribution", "training")
@@ -56,9 +56,9 @@ def test_gallery_folder_with_one_bad_file(app, tmp_path, case: Case):
     folder = image_folder(tmp_path / "gallery", [case])
     _use_folder(app, folder)
     assert_ok(app)
-    app.switch_page("views/retrieval.py").run()  # embeds the gallery: every file is read
+    app.switch_page("views/retrieval.py").run()  # embeds the gallery (in the background): every file is read
     assert_ok(app)
-    app.run()
+    settle(app)
     assert_ok(app)
     shown, skipped = int(gallery_caption(app)[1]), int(gallery_caption(app)[3] or 0)
     if case.readable:

@@ -144,7 +144,15 @@ def grid_columns(page) -> list[str]:
     return [t.strip() for t in headers.all_text_contents()]
 
 
+def wait_background(page, locator, timeout_s: float = 120.0) -> None:
+    """Until `locator` shows: what a page draws once the lab's background pass is done (its polling
+    fragment reruns the page), then until that run has finished."""
+    locator.wait_for(state="visible", timeout=timeout_s * 1000)
+    wait_idle(page, timeout_s)
+
+
 def check_attention(page) -> None:
+    wait_background(page, main(page).locator('[data-testid="stPlotlyChart"]').first)
     assert captions(page, "Hard assignment").first.is_visible()
     assert captions(page, re.compile(r"^entry 0: ")).first.is_visible()
     assert_images(page, 3 + 4)  # image, overlay, assignment and the 4 entries
@@ -156,6 +164,7 @@ def check_attention(page) -> None:
 
 
 def check_compare(page) -> None:
+    wait_background(page, main(page).locator('[data-testid="stDataFrame"]').first)
     for label in ("First checkpoint", "Second checkpoint"):
         assert main(page).get_by_label(label).is_visible()
     assert subheader(page, "Attention and top K").is_visible()
@@ -167,6 +176,7 @@ def check_compare(page) -> None:
 
 
 def check_embeddings(page) -> None:
+    wait_background(page, main(page).locator('[data-testid="stPlotlyChart"]').first)
     titles = plotly_titles(page)
     assert any(t.startswith("PCA of the whole embedding of 12 gallery images") for t in titles), titles
     points = main(page).locator('[data-testid="stPlotlyChart"] .scatterlayer .point')
@@ -175,16 +185,18 @@ def check_embeddings(page) -> None:
 
 
 def check_retrieval(page, k: int = 8) -> None:
+    wait_background(page, subheader(page, re.compile(rf"^Top {k} results$")))  # not marked partial
     assert main(page).locator('[data-testid="stMetric"]').filter(has_text="Same class in the top K").is_visible()
     assert captions(page, re.compile(r"^Query: ")).first.is_visible()
-    assert subheader(page, f"Top {k} results").is_visible()
     results = captions(page, RESULT)
     assert results.count() == k
     assert_images(page, 1 + k)
-    assert any(t.startswith("branch shares") for t in plotly_titles(page))
-    assert main(page).locator('[data-testid="stPlotlyChart"]').count() == k  # the branch shares of each result
+    assert any(t.startswith("Branch shares of each result") for t in plotly_titles(page))
+    assert main(page).locator('[data-testid="stPlotlyChart"]').count() == 1  # one chart for the K results
     assert subheader(page, "Recall@K on the gallery").is_visible()
-    assert {"checkpoint", "Recall@1", "Recall@8", "MAP@R"} <= set(grid_columns(page))
+    assert {"entry", "share of the cosine"} <= set(grid_columns(page))  # "Why these two match" comes first
+    recall = main(page).locator('[data-testid="stDataFrame"]').last.locator('[role="columnheader"]')
+    assert {"checkpoint", "Recall@1", "Recall@8", "MAP@R"} <= {t.strip() for t in recall.all_text_contents()}
 
 
 def check_attribution(page) -> None:
@@ -193,6 +205,25 @@ def check_attribution(page) -> None:
         assert captions(page, text).first.is_visible()
     assert subheader(page, "Attention of the query and of the result").is_visible()
     assert_images(page, 4 + 2 + 4)
+
+
+def check_match(page) -> None:
+    """'Why these two match' on the Retrieval page: maps, shares that sum to the cosine, links, download."""
+    assert subheader(page, "Why these two match").is_visible()
+    cosine = main(page).locator('[data-testid="stMetric"]').filter(has_text="Cosine of the pair")
+    value = float(cosine.locator('[data-testid="stMetricValue"]').inner_text())
+    total = main(page).get_by_text(re.compile(r"shares sum to the cosine: Σ = "))
+    assert abs(float(total.inner_text().rsplit("= ", 1)[1].rstrip(".")) - value) <= 1e-4
+    assert captions(page, re.compile(r"^entry \d · query$")).count() == 4
+    assert captions(page, re.compile(r"^entry \d · result · share [+-]")).count() == 4
+    assert captions(page, "strongest region-to-region links of all entries").first.is_visible()
+    assert main(page).get_by_text("psi's output grid").first.is_visible()  # the stand-in is pre-attention
+    assert_images(page, 1 + 8 + 1 + 8)
+    button = main(page).get_by_role("button", name="Why these two match (PNG)")
+    with page.expect_download() as download:
+        button.click()
+    data = Path(download.value.path()).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
 def check_training(page) -> None:
@@ -223,6 +254,66 @@ def test_page_renders(page, screenshots: Path, title: str) -> None:
     assert heading(page, title).is_visible()
     assert_clean(page)
     CHECKS[title](page)
+
+
+def choose(page, label: str, option) -> None:
+    """Open the selectbox `label` and click `option` (a second try if a rerun closed the list at once)."""
+    for attempt in range(3):
+        wait_idle(page)
+        main(page).get_by_role("combobox", name=label).click()
+        try:
+            option.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:
+            page.keyboard.press("Escape")
+            if attempt == 2:
+                raise
+    option.click()
+    wait_idle(page)
+
+
+def test_why_these_two_match(page, screenshots: Path) -> None:
+    """The match of the query with its first result, then another result and one entry's links."""
+    open_page(page, "Retrieval")
+    subheader(page, "Why these two match").scroll_into_view_if_needed()
+    check_match(page)
+    choose(page, "Result to explain", page.get_by_role("option").nth(2))  # the third result
+    choose(page, "Links of", page.get_by_role("option", name="entry 2", exact=True))
+    captions(page, "strongest region-to-region links of entry 2").first.wait_for(state="visible")
+    wait_idle(page)
+    assert_clean(page)
+    explained = main(page).get_by_text(re.compile("The cosine of the query and result")).inner_text()
+    assert "result 3 written exactly" in explained
+    shoot(page, screenshots, "8-why-these-two-match")
+
+
+def test_training_follows_a_run_directory(page, screenshots: Path, tmp_path: Path) -> None:
+    """A run directory written here: the page shows its epoch, and the next one by itself (no input)."""
+    import json
+    import os
+
+    def commit(epochs: int) -> None:
+        rows = [{"epoch": e, "step": 4 * e, **({"loss": 1.0 / e} if e else {}), "recall@1": 0.2 + 0.1 * e}
+                for e in range(epochs + 1)]
+        (tmp_path / "tmp.json").write_text(json.dumps({"format": 1, "epoch": epochs, "step": 4 * epochs,
+                                                       "best_epoch": epochs, "history": rows}))
+        os.replace(tmp_path / "tmp.json", tmp_path / "run.json")
+
+    commit(1)
+    open_page(page, "Training")
+    field = main(page).get_by_label("Follow a run directory")
+    field.fill(str(tmp_path))
+    field.press("Enter")
+    main(page).get_by_text(re.compile(r"\(live\): epoch 1, step 4")).wait_for(state="visible")
+    commit(2)  # training commits the next epoch; nobody touches the page
+    main(page).get_by_text(re.compile(r"\(live\): epoch 2, step 8")).wait_for(state="visible", timeout=20_000)
+    legend = main(page).locator('[data-testid="stPlotlyChart"] .legendtext').all_text_contents()
+    assert any("(live) · Recall@1" in t for t in legend) and any("demo-pre-dimension" in t for t in legend), legend
+    assert_clean(page)
+    shoot(page, screenshots, "9-training-live")
+    field.fill("")
+    field.press("Enter")
+    wait_idle(page)
 
 
 def test_retrieval_by_hand(page, screenshots: Path) -> None:

@@ -46,6 +46,8 @@ READY = """([variant, query]) => {
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
   if (document.querySelector('[data-stale="true"]')) return false;
+  const headings = [...document.querySelectorAll('[data-testid="stMain"] h3')].map(e => e.textContent);
+  if (headings.some(h => h.includes('(partial'))) return false;  // the gallery still being embedded
   const card = [...document.querySelectorAll('[data-testid="stSidebar"] strong')].map(e => e.textContent.trim());
   const shown = [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImageCaption"]')]
     .map(e => e.textContent.trim());

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab_testing import assert_ok, png, texts
+from lab_testing import assert_ok, png, settle, texts
 
 
 def captions(app) -> list[str]:
@@ -23,7 +23,10 @@ def test_page_renders_overlays_assignment_and_statistics(app):
     assert any("entry 3" in m for m in texts(app.markdown))  # the legend
     assert len(app.get("download_button")) == 2
     assert "Entries over the gallery" in texts(app.subheader)
+    settle(app)  # the gallery's entry statistics run in the background
+    assert_ok(app)
     assert len(app.get("plotly_chart")) == 2 and len(app.dataframe) == 1
+    assert not app.get("progress")
 
 
 def test_switch_entry_channel_colormap_and_image(app):
@@ -72,6 +75,7 @@ def test_broken_checkpoint_shows_an_error_and_other_pages_work(app, lab_env):
     app.switch_page("views/compare.py").run()  # Compare picks its own checkpoints
     assert_ok(app)
     assert "Compare" in texts(app.header)
+    settle(app)
     assert len(app.dataframe) == 1
     app.text_input(key="checkpoint_path").set_value("").run()
     app.switch_page("views/attention.py").run()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab_testing import assert_ok, open_page, texts
+from lab_testing import assert_ok, open_page, settle, texts
 
 
 def captions(app) -> list[str]:
@@ -11,6 +11,7 @@ def captions(app) -> list[str]:
 
 def test_attributions_beside_the_attention(app):
     open_page(app, "attribution")
+    settle(app)
     assert_ok(app)
     assert "Attribution" in texts(app.header)
     shown = captions(app)
@@ -22,6 +23,7 @@ def test_attributions_beside_the_attention(app):
 
 def test_another_result_and_one_branch(app):
     open_page(app, "attribution")
+    settle(app)
     app.select_slider(key="attribution_steps").set_value(8)
     app.selectbox(key="attribution_result").set_value(2)
     app.selectbox(key="attribution_branch").set_value("Branch 1").run()
@@ -33,6 +35,7 @@ def test_baseline(app):
     app.run()
     app.selectbox(key="checkpoint").set_value("demo-baseline.safetensors").run()
     app.switch_page("views/attribution.py").run()
+    settle(app)
     assert_ok(app)
     assert "Grad-CAM (the whole embedding)" in captions(app)
     assert any("baseline" in i for i in texts(app.info))

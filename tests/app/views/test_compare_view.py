@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from lab_testing import assert_ok, open_page, texts
+from lab_testing import assert_ok, open_page, settle, texts
 
 
 def test_defaults_side_by_side(app):
     open_page(app, "compare")
+    settle(app)
     assert_ok(app)
     assert "Compare" in texts(app.header)
     assert app.selectbox(key="compare_a").value == "demo-pre-dimension.safetensors"
@@ -22,7 +23,9 @@ def test_defaults_side_by_side(app):
 
 def test_switch_to_the_baseline_and_another_query(app):
     open_page(app, "compare")
+    settle(app)
     app.selectbox(key="compare_b").set_value("demo-baseline.safetensors").run()
+    settle(app)
     assert_ok(app)
     assert any(c == "the baseline has no attention" for image in app.image for c in image.captions)
     app.number_input(key="compare_item").set_value(9)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lab_testing import assert_ok, figure_titles, open_page, texts
+from lab_testing import assert_ok, figure_titles, open_page, settle, texts
 
-from app.lab import galleries, models, projections, settings
+from app.lab import galleries, models, passes, projections, settings
 
 
 class _NeverDone:
@@ -28,6 +28,7 @@ def fresh_jobs():
 
 def test_pca_scatter_of_full_embedding_and_branch(app):
     open_page(app, "embeddings")
+    settle(app)
     assert_ok(app)
     assert "Embeddings" in texts(app.header)
     assert figure_titles(app) == ["PCA of the whole embedding of 12 gallery images (demo-pre-dimension)"]
@@ -42,6 +43,7 @@ def test_umap_runs_in_the_background_and_pca_shows_meanwhile(app, fresh_jobs, mo
 
     monkeypatch.setattr(diablo.projection, "ProjectionJob", _NeverDone)
     open_page(app, "embeddings")
+    settle(app)
     app.radio(key="embeddings_method").set_value("UMAP").run()
     assert_ok(app)
     assert len(app.get("plotly_chart")) == 1  # the PCA stays on screen
@@ -53,10 +55,11 @@ def test_umap_from_the_disk_cache(app, fresh_jobs, monkeypatch):
     import diablo.projection
 
     open_page(app, "embeddings")
+    settle(app)
     # write the UMAP result where projections.projection looks for it, then no job is started
     model = models.load_model(models.checkpoint_ref(models.list_checkpoints()["demo-pre-dimension.safetensors"]))
     gallery = galleries.load_gallery(galleries.default_gallery(), model.image_size)
-    index = galleries.gallery_index(model, gallery)
+    index = passes.searchable(model, gallery).index
     path = diablo.projection.cache_path(settings.cache_dir() / "projections", index.key, "umap", None,
                                         index.num_branches, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
