@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/app_latency.py [--checkpoints checkpoints] [--repeats 7] [--starts 3]
 
 With the demo checkpoints of --checkpoints and the default synthetic test gallery, it measures
-1. first use: a server on an empty lab cache, each page's first render, which generates what the
-   lab caches on disk (the Attention page's entry statistics, the Retrieval page's gallery
-   embedding and Recall@K, the Compare page's second embedding ...);
+1. first use: a server on an empty lab cache, each page's first render (the page draws at once;
+   the whole-gallery work, i.e. the Attention page's entry statistics, the Retrieval page's
+   gallery embedding and Recall@K, the Compare page's second embedding, runs in the lab's
+   background worker and is cached on disk), and when that background work shows as done;
 2. cold start (--starts times, each a new server and a new browser profile, disk cache warm): from
    launching `streamlit run app/main.py` to the Attention page's key element being visible, then
    each other page's first render in that server (navigation click -> key element);
@@ -109,6 +110,13 @@ window.__arm = (predicate) => {
   window.__m = s;
 };
 """
+
+# What a page shows once its whole-gallery background work is done (first use only).
+DONE = {
+    "Attention": 'B.plot(/^Share of area/) || B.alert(/is the baseline/)',
+    "Retrieval": 'B.subheading(/^Top \\d+ results$/) && !B.alert(/computed once the whole gallery/)',
+    "Compare": 'B.captionImage(/^[✓✗] 1\\. #/) && !B.alert(/comes once the whole gallery is embedded/)',
+}
 
 # The key element of each page (a JS expression over B = window.__bench).
 KEY = {
@@ -214,8 +222,8 @@ def select_checkpoint(page: Any, name: str) -> None:
     wait_idle(page, SLOW_S)
 
 
-def wait_key(page: Any, title: str, timeout_s: float = SLOW_S) -> None:
-    page.wait_for_function(f"() => {{ const B = window.__bench; return !!({KEY[title]}); }}", polling="raf",
+def wait_key(page: Any, title: str, timeout_s: float = SLOW_S, table: dict[str, str] = KEY) -> None:
+    page.wait_for_function(f"() => {{ const B = window.__bench; return !!({table[title]}); }}", polling="raf",
                            timeout=timeout_s * 1000)
 
 
@@ -270,8 +278,13 @@ def first_use(playwright: Any, chromium: str, env: dict[str, str], work: Path, c
                 rows.append(Row("first use", f"Attention ({default}, opened first)", [1000 * (t1 - t0)]))
                 t0 = t1
             rows.append(Row("first use", "Attention", [1000 * (time.perf_counter() - t0)], note=note))
-            notes = {"Retrieval": "gallery embedding + Recall@K", "Compare": "second checkpoint's embedding",
-                     "Embeddings": "PCA", "Attribution": "IG + Grad-CAM", "Training": ""}
+            wait_key(page, "Attention", table=DONE)
+            rows.append(Row("first use", "Attention: gallery entry statistics shown",
+                            [1000 * (time.perf_counter() - t0)], note="background pass, from the page's opening"))
+            wait_idle(page, SLOW_S)
+            notes = {"Retrieval": "first (partial) results; gallery embedded in the background",
+                     "Compare": "second checkpoint's embedding in the background", "Embeddings": "PCA",
+                     "Attribution": "IG + Grad-CAM", "Training": ""}
             for title in ("Retrieval", "Compare", "Embeddings", "Attribution", "Training"):
                 t0 = time.perf_counter()
                 nav_link(page, title).click()
@@ -280,6 +293,11 @@ def first_use(playwright: Any, chromium: str, env: dict[str, str], work: Path, c
                 wait_idle(page, SLOW_S)
                 rows.append(Row("first use", title, [1000 * (shown - t0)], [1000 * (time.perf_counter() - t0)],
                                 note=notes[title]))
+                if title in DONE:
+                    wait_key(page, title, table=DONE)
+                    rows.append(Row("first use", f"{title}: gallery embedded, Recall@K shown",
+                                    [1000 * (time.perf_counter() - t0)], note="background pass"))
+                    wait_idle(page, SLOW_S)
         finally:
             context.close()
 

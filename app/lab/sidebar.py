@@ -186,12 +186,11 @@ def require_gallery(ctx: Context, model: Model) -> Gallery:
     return gallery
 
 
-def require_searchable(model: Model, gallery: Gallery) -> Searchable:
+def require_searchable(model: Model, gallery: Gallery, key: str = "embedding_retry") -> Searchable:
     """The gallery as far as `model` has embedded it (passes.searchable); a failed pass is an error
-    with a retry and a stop of this page."""
+    with a retry (button key `key`) and a stop of this page."""
     found = searchable(model, gallery)
-    if waiting.failed(found.job, f"Cannot embed the gallery {gallery.spec.title} with {model.name}",
-                      key="embedding_retry"):
+    if waiting.failed(found.job, f"Cannot embed the gallery {gallery.spec.title} with {model.name}", key=key):
         st.stop()
     return found
 

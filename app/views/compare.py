@@ -68,7 +68,7 @@ for slot, (column, model, gallery) in enumerate(zip(st.columns(2), loaded, galle
             tile_captions = ["image", "assignment", *[f"entry {n}" for n in range(entries)]]
         if gallery is None:
             continue
-        found = sidebar.require_searchable(model, gallery)
+        found = sidebar.require_searchable(model, gallery, key=f"compare_retry_{slot}")
         if not found.complete:
             waiting.follow(found.job, f"Embedding the gallery with {model.name}")
         if found.index is None or len(found.index) < 2:

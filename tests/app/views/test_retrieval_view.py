@@ -15,7 +15,8 @@ def result_captions(app) -> list[str]:
 
 def shares_table(app):
     """The entry shares of "Why these two match" (a pandas DataFrame)."""
-    return next(d.value for d in app.dataframe if "share of the cosine" in d.value.columns)
+    (table,) = [t.value for t in app.table if "share of the cosine" in t.value.columns]
+    return table.astype({"share of the cosine": float})
 
 
 def test_top_k_with_marks_and_branch_shares(app):
