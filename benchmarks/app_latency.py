@@ -270,7 +270,7 @@ def first_use(playwright: Any, chromium: str, env: dict[str, str], work: Path, c
             page.goto(server.url)
             wait_key(page, "Attention")
             wait_idle(page, SLOW_S)
-            note = "model load, gallery load, entry statistics"
+            note = "model load, gallery load, the first image's overlays"
             if checkpoint != default:
                 t1 = time.perf_counter()
                 select_checkpoint(page, checkpoint)
