@@ -15,6 +15,7 @@ import streamlit as st
 from app.lab.models import CheckpointRef
 from app.lab.settings import synthetic_options
 
+INDEX = "index"  # GallerySpec.dataset of a gallery index built by `python -m diablo.index build` (root: its directory)
 THUMBNAIL = 112  # pixels, the side of gallery thumbnails
 UNREADABLE_TILE = 200  # the grey of a thumbnail whose file cannot be decoded
 
@@ -35,6 +36,8 @@ class GallerySpec:
 
     @property
     def title(self) -> str:
+        if self.dataset == INDEX:
+            return f"the built index in {self.root}"
         where = f" in {self.root}" if self.root else ""
         capped = f", at most {self.limit} images" if self.limit else ""
         return f"{self.dataset}/{self.split}{where}{capped}"
@@ -45,9 +48,44 @@ def default_gallery() -> GallerySpec:
     return GallerySpec("synthetic", "test", None, tuple(sorted(synthetic_options().items())))
 
 
+class IndexDataset:
+    """The items of a built gallery index (diablo.index.BuiltIndex): labels, classes and paths from its
+    files, images read from their recorded paths only when asked for (thumbnails, inspection)."""
+
+    def __init__(self, built: Any, transform: Any) -> None:
+        if built.paths is None:
+            raise ValueError(f"{built.directory} records no image paths")
+        self.built = built
+        self.paths = built.paths
+        self.labels = [int(y) for y in built.labels]
+        top = max(self.labels, default=-1) + 1
+        self.classes = list(built.classes) if built.classes else [str(y) for y in range(top)]
+        self.skipped = list(built.build.get("skipped") or [])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> Any:
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as image:
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(self.image(index)), self.labels[index]
+
+
 @st.cache_resource(show_spinner="Loading the gallery (the synthetic set is generated on first use)…", max_entries=8)
 def _load_gallery(spec: GallerySpec, image_size: int) -> Any:
     from diablo.data import build_transform, load_dataset
+
+    if spec.dataset == INDEX:
+        from diablo.index import open_index
+
+        if not spec.root:
+            raise ValueError("no index directory given")
+        return IndexDataset(open_index(Path(spec.root).expanduser()), build_transform(False, image_size))
     from diablo.data.subset import IndexSubset, spread_indices
 
     dataset = load_dataset(
@@ -81,6 +119,11 @@ class Gallery:
         return self.dataset.classes
 
     @property
+    def built(self) -> Any:
+        """The diablo.index.BuiltIndex of a gallery opened from a built index directory, else None."""
+        return self.dataset.built if isinstance(self.dataset, IndexDataset) else None
+
+    @property
     def total(self) -> int:
         """The images of the split before the size cap."""
         parent = getattr(self.dataset, "dataset", None)
@@ -109,7 +152,11 @@ class Gallery:
 
     def summary(self) -> str:
         """The sidebar's caption: images shown (and before the cap), classes, files skipped as unreadable."""
-        text = f"{len(self)} images, {len(self.classes)} classes ({self.spec.dataset}/{self.spec.split})"
+        source = f"{self.spec.dataset}/{self.spec.split}"
+        if self.built is not None:
+            build = self.built.build
+            source = f"built index of {build.get('dataset', '?')}/{build.get('split', '?')}, {self.built.kind}"
+        text = f"{len(self)} images, {len(self.classes)} classes ({source})"
         if self.total > len(self):
             text += f", evenly spread over {self.total}"
         skipped = len(self.skipped)

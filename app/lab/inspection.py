@@ -71,7 +71,7 @@ def search(model: Model, index: Any, picked: Picked, k: int) -> Any:
     an item not embedded yet) is embedded first (`inspect`, cached).
     """
     if picked.gallery_id is not None and picked.gallery_id < len(index):
-        query = index.embeddings[picked.gallery_id][None]  # (1, D)
+        query = index.rows(np.array([picked.gallery_id]))  # (1, D), without reading the rest
         return index.search(query, k, exclude=np.array([picked.gallery_id]))
     return index.search(inspect(model, picked).embedding[None], k)
 

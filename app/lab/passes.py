@@ -26,6 +26,7 @@ STATISTICS_IMAGES = 400  # entry statistics use at most this many gallery images
 # (58 vs 26 and 20 images/s, pre-attention), channels-last adds ~5%, a second torch thread makes
 # it 5-20x slower (threads spinning against the other load). A step is ~0.15 s.
 CHUNK = 8
+BUILT_METRICS_MAX = 50_000  # a built index of more items gets no Recall@K in the lab (leave-one-out over all)
 CHANNELS_LAST = True
 
 
@@ -107,12 +108,41 @@ def _embedding_steps(model: Model, gallery: Gallery, key: str, ks: tuple[int, ..
     return Ready(index, metrics)
 
 
+def _built_steps(gallery: Gallery, key: str, ks: tuple[int, ...]) -> Steps:
+    """A built index is embedded already: only its metrics (when small enough) are computed."""
+    from diablo.evaluation import evaluate
+
+    index = gallery.built
+    n = len(index)
+    yield 0, n, None
+    metrics = _cached_metrics(key, ks)
+    if metrics is None and n <= BUILT_METRICS_MAX:
+        raw = evaluate(index.embeddings, index.labels, ks, with_nmi=True)
+        metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in raw.items()}
+        write_json(_metrics_file(key, ks), {"key": key, "metrics": metrics})
+    return Ready(index, metrics or {})
+
+
+def _built_ks(gallery: Gallery) -> tuple[int, ...]:
+    from diablo.data import k_list
+
+    try:
+        return tuple(int(k) for k in k_list(str(gallery.built.build.get("dataset", "folder"))))
+    except Exception:  # an unknown dataset name: the folder's K list
+        return tuple(int(k) for k in k_list("folder"))
+
+
 def gallery_job(model: Model, gallery: Gallery) -> Job:
     """The background pass that embeds the gallery with `model` and scores it (Recall@K at the
-    dataset's K list, MAP@R, NMI); finished at once when both are in the disk cache."""
+    dataset's K list, MAP@R, NMI); finished at once when both are in the disk cache. A built index
+    (gallery.built) is not embedded again: its pass only scores it."""
     from diablo.data import k_list
 
     key = gallery_key(model.ref, gallery.spec, gallery.image_size)
+    if gallery.built is not None:
+        ks = _built_ks(gallery)
+        return store().job(("built", key), f"Scoring the built index with {model.name}",
+                           lambda: _built_steps(gallery, key, ks))
     ks = tuple(int(k) for k in k_list(gallery.spec.dataset))
 
     def cached() -> Ready | None:
@@ -145,6 +175,9 @@ def _partial_index(job: Job, model: Model, gallery: Gallery, key: str) -> tuple[
 def searchable(model: Model, gallery: Gallery) -> Searchable:
     """The gallery as far as it is embedded with `model` (asks for the pass if not started)."""
     job = gallery_job(model, gallery)
+    if gallery.built is not None:  # searchable at once; Recall@K once its pass is done
+        metrics = (job.result.metrics or None) if job.ok else None
+        return Searchable(gallery.built, len(gallery), len(gallery), metrics, job, True)
     if job.ok:
         return Searchable(job.result.index, len(gallery), len(gallery), job.result.metrics, job, True)
     index, n = _partial_index(job, model, gallery, gallery_key(model.ref, gallery.spec, gallery.image_size))

@@ -11,6 +11,9 @@ import streamlit as st
 
 from app.lab.settings import cache_dir
 
+SAMPLE_LIMIT = 20_000  # a larger gallery is mapped by a random sample of this many images (Embeddings page)
+SAMPLE_SEED = 0
+
 
 @dataclass(frozen=True, eq=False)
 class Background:
@@ -62,3 +65,21 @@ def projection_job(index: Any, branch: int | None) -> Background:
 def forget_projection_jobs() -> None:
     """Drop every background UMAP job (e.g. to retry one that failed)."""
     _projection_job.clear()
+
+
+def sample_ids(n: int, size: int, seed: int) -> np.ndarray:
+    """`size` of range(n) drawn at random (seeded), in gallery order."""
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+@st.cache_resource(show_spinner="Sampling the gallery…", max_entries=8)
+def _sample_index(key: str, size: int, seed: int, _index: Any, _ids: np.ndarray) -> Any:
+    from diablo.index import GalleryIndex
+
+    return GalleryIndex.build(_index.rows(_ids), _index.labels[_ids], _index.num_branches,
+                              f"{key}|sample={size}|seed={seed}")
+
+
+def sample_index(index: Any, ids: np.ndarray, seed: int) -> Any:
+    """A flat index of the gallery rows `ids` (the map of a sample), keyed apart from the whole gallery's."""
+    return _sample_index(index.key, len(ids), seed, index, ids)

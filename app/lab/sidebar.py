@@ -16,14 +16,14 @@ import streamlit as st
 
 from app.lab import waiting
 from app.lab.errors import describe_error
-from app.lab.galleries import Gallery, GallerySpec, load_gallery
+from app.lab.galleries import INDEX, Gallery, GallerySpec, load_gallery
 from app.lab.models import Card, CheckpointRef, Model, checkpoint_ref, list_checkpoints, read_card, try_load_model
 from app.lab.output import metrics_row
 from app.lab.passes import Searchable, searchable
 from app.lab.settings import DEFAULT_CHECKPOINT, checkpoint_dir, device, synthetic_options
 
 CONTEXT = "lab_context"  # session state: the Context of this run's sidebar
-GALLERY_KINDS = ("Synthetic test split", "Image folder", "Dataset")
+GALLERY_KINDS = ("Synthetic test split", "Image folder", "Dataset", "Built index (directory)")
 DEFAULT_LIMIT = 2000  # gallery images at most, by default (folders and datasets)
 
 
@@ -81,6 +81,14 @@ def _gallery_picker() -> GallerySpec | None:
             st.info("Enter a folder that holds one subfolder of images per class.")
             return None
         return GallerySpec("folder", "all", folder, (), int(limit))
+    if kind == GALLERY_KINDS[3]:
+        folder = st.text_input("Index directory (made by `python -m diablo.index build`)",
+                               key="gallery_index").strip()
+        if not folder:
+            st.info("Enter a directory written by `python -m diablo.index build`: its embeddings and index are "
+                    "used as they are (nothing is embedded), its images read from their recorded paths.")
+            return None
+        return GallerySpec(INDEX, "all", folder)
     from diablo.data import DATASETS
 
     names = [name for name in DATASETS if name not in ("synthetic", "folder")]
@@ -171,11 +179,44 @@ def gallery_for(ctx: Context, model: Model, show_error: bool = True) -> Gallery 
             st.warning(ctx.gallery_error or "No gallery selected.", icon=":material/warning:")
         return None
     try:
-        return load_gallery(ctx.gallery, model.image_size)
+        gallery = load_gallery(ctx.gallery, model.image_size)
     except Exception as err:  # shown, not raised
         if show_error:
             st.error(f"Cannot load the gallery {ctx.gallery.title}: {describe_error(err)}", icon=":material/error:")
         return None
+    if gallery.built is not None:
+        try:
+            gallery.built.check_checkpoint(_digest(model.ref.path, model.ref.stamp))
+        except Exception as err:  # another model than the index's: refused in one line
+            if show_error:
+                st.error(refusal(model, ctx.gallery, err), icon=":material/error:")
+            return None
+    return gallery
+
+
+def refusal(model: Model, spec: GallerySpec, err: BaseException) -> str:
+    """The one line that refuses a checkpoint for a built index embedded with another model."""
+    return f"Cannot use {model.name} with {spec.title}: {describe_error(err)}"
+
+
+def refused(ctx: Context, model: Model) -> str | None:
+    """Why `model` cannot search the sidebar's built index (another model embedded it), else None."""
+    if ctx.gallery is None or ctx.gallery.dataset != INDEX:
+        return None
+    try:
+        gallery = load_gallery(ctx.gallery, model.image_size)
+        gallery.built.check_checkpoint(_digest(model.ref.path, model.ref.stamp))
+    except Exception as err:
+        return refusal(model, ctx.gallery, err)
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _digest(path: str, stamp: str) -> str:
+    """diablo.checkpoint.checkpoint_digest of a checkpoint file (by path and file stamp)."""
+    from diablo.checkpoint import checkpoint_digest
+
+    return checkpoint_digest(path)
 
 
 def require_gallery(ctx: Context, model: Model) -> Gallery:

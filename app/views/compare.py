@@ -67,6 +67,9 @@ for slot, (column, model, gallery) in enumerate(zip(st.columns(2), loaded, galle
             tiles = [view.display, assignment, *overlays]
             tile_captions = ["image", "assignment", *[f"entry {n}" for n in range(entries)]]
         if gallery is None:
+            why = sidebar.refused(ctx, model) if slot else None  # the first slot's was said above
+            if why:  # a built index embedded with another model: said in its column
+                st.error(why, icon=":material/error:")
             continue
         found = sidebar.require_searchable(model, gallery, key=f"compare_retry_{slot}")
         if not found.complete:

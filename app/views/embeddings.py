@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from app.lab import controls, figures, galleries, output, projections, sidebar
@@ -24,6 +25,12 @@ if len(gallery) < 3:
     st.warning("A 2-D map needs at least 3 gallery images.")
     st.stop()
 index = sidebar.require_index(model, gallery)
+ids = np.arange(len(index))  # the gallery id of each point
+if len(index) > projections.SAMPLE_LIMIT:
+    ids = projections.sample_ids(len(index), projections.SAMPLE_LIMIT, projections.SAMPLE_SEED)
+    index = projections.sample_index(index, ids, projections.SAMPLE_SEED)
+    st.caption(f"The gallery holds {len(gallery):,} images: the map shows a random sample of {len(ids):,} "
+               f"(seed {projections.SAMPLE_SEED}).")
 
 row = st.columns([1, 1, 2])
 method = row[0].radio("Method", ["PCA", "UMAP"], horizontal=True, key="embeddings_method")
@@ -57,13 +64,15 @@ if method == "UMAP":
         _umap_status()
 
 what = controls.describe_embedding(branch)
-hover = [f"{gallery.class_name(i)}<br>{gallery.file_name(i)} (#{i})" for i in range(len(gallery))]
-fig = figures.embedding_scatter(points, gallery.labels, gallery.classes, hover,
-                                f"{shown} of {what} of {len(gallery)} gallery images ({model.name})")
+hover = [f"{gallery.class_name(i)}<br>{gallery.file_name(i)} (#{i})" for i in ids.tolist()]
+labels = np.asarray(gallery.labels)[ids]
+sampled = f"a sample of {len(ids)} of " if len(ids) < len(gallery) else ""
+fig = figures.embedding_scatter(points, labels, gallery.classes, hover,
+                                f"{shown} of {what} of {sampled}{len(gallery)} gallery images ({model.name})")
 event = figures.show_figure(fig, f"{model.name}-{shown.lower()}-{what.removeprefix('the ').replace(' ', '-')}",
                             key="embeddings_scatter", on_select="rerun", selection_mode=("box", "lasso"))
 
-selected = figures.selected_gallery_ids(event)
+selected = [int(ids[p]) for p in figures.selected_gallery_ids(event) if 0 <= p < len(ids)]  # points to gallery ids
 st.subheader("Selected images")
 if not selected:
     st.info("Draw a box or a lasso around points to list their images here.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.lab import controls, figures, galleries, inspection, output, picker, sidebar, waiting
+from app.lab import controls, figures, galleries, inspection, output, passes, picker, sidebar, waiting
 from diablo.montage import montage
 
 COLUMNS = 4  # results per row
@@ -134,7 +134,10 @@ def results() -> None:
 results()
 
 st.subheader("Recall@K on the gallery")
-if first.metrics is None:
+if first.metrics is None and gallery.built is not None:
+    st.info(f"Recall@K and MAP@R of a built index are computed in the background, for indexes of at most "
+            f"{passes.BUILT_METRICS_MAX:,} images (this one has {len(gallery):,}).")
+elif first.metrics is None:
     st.info(f"Recall@K and MAP@R are computed once the whole gallery is embedded ({first.note()}).")
 else:
     st.dataframe([{"checkpoint": model.name, **output.metrics_row(first.metrics)}], hide_index=True)
