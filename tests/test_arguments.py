@@ -4,7 +4,6 @@ checks and the one-line failure convention shared by diablo's commands."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pytest
@@ -113,19 +112,8 @@ def test_writable_file_problem(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # the probe file is gone
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_writable_file_problem_in_a_read_only_folder(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        problem = writable_file_problem(locked / "r.json", "--json")
-    finally:
-        locked.chmod(0o700)
-    assert problem is not None and problem.startswith(f"--json {locked / 'r.json'}: cannot write in {locked} (")
-
-
 def test_writable_file_problem_where_nothing_can_be_written() -> None:
+    """/proc refuses new files even to root (a read-only folder would not: CI runs as root)."""
     problem = writable_file_problem(Path("/proc/diablo-report.json"), "--json")
     assert problem is not None and "cannot write in /proc" in problem
 
