@@ -39,7 +39,7 @@ def table() -> str:
     """The Markdown tables of checkpoints/README.md, from the exported checkpoints' metadata."""
     rows = ["| checkpoint | size | dictionary | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | command |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    curves = ["| model | epoch 2 | epoch 4 | epoch 6 | epoch 8 |", "|---|---|---|---|---|"]
+    curves: list[str] = []
     for name in VARIANTS:
         path = HERE / f"demo-{name}.safetensors"
         _, meta = read_metadata(path)
@@ -49,6 +49,9 @@ def table() -> str:
         size = f"{path.stat().st_size / 1e6:.1f} MB"
         rows.append(f"| `demo-{name}` | {size} | {init} | {figures} | `{meta['command']}` |")
         evaluated = [h for h in meta["history"] if "recall@1" in h]
+        if not curves:  # the header: the evaluated epochs of the first checkpoint (epoch 0 = untrained)
+            curves = ["| model | " + " | ".join(f"epoch {h['epoch']}" for h in evaluated) + " |",
+                      "|---" * (len(evaluated) + 1) + "|"]
         curves.append(f"| {name} | " + " | ".join(f"{100 * h['recall@1']:.1f} / {100 * h['map@r']:.1f}"
                                                    for h in evaluated) + " |")
     return "\n".join(rows) + "\n\nTest Recall@1 / MAP@R along training:\n\n" + "\n".join(curves)
