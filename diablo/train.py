@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from diablo.arguments import one_line
 from diablo.checkpoint import read_checkpoint, resolve_device
 from diablo.config import CHOICES, HELP, PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
@@ -335,14 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     config, resume, overwrite = parse(argv)
     try:
         record = train(config, resume=resume, overwrite=overwrite)
-    except RunDirectoryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (RunDirectoryError, FileNotFoundError) as error:  # what the user named is not usable
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except (TrainingDiverged, ValueError, OSError) as error:
-        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     manifest = RunDirectory(config.out).manifest()
     if manifest.best_epoch == 0 and manifest.epoch > 0:
