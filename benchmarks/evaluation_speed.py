@@ -65,8 +65,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from diablo.evaluation import _BLOCK_SIZE, _retrieve  # noqa: E402
 from diablo.index import as_embedding_matrix, as_label_vector  # noqa: E402
+from diablo.ranking import BLOCK_SIZE, retrieve  # noqa: E402
 
 # ---- the reference: diablo.evaluation._retrieve and diablo.index.ranked_search before the change ----
 
@@ -313,7 +313,7 @@ def compare(
     sizes = f"{len(query)} x {len(query) if gallery is None else len(gallery)} x {query.shape[1]}"
     lines = [f"\n## {name}: queries x gallery x D = {sizes}, K = {ks}"]
     load_before = load()
-    new, new_wall, new_cpu = timed(lambda: _retrieve(query, q_labels, ks, gallery, g_labels, block_size=block_size))
+    new, new_wall, new_cpu = timed(lambda: retrieve(query, q_labels, ks, gallery, g_labels, block_size=block_size))
     lines.append(f"load before {load_before}, after the new run {load()}")
     new_metrics = metrics(new, ks)
     table = ["| implementation | wall s | CPU s (all threads) |", "|---|---:|---:|"]
@@ -393,7 +393,7 @@ def pml_check(x: np.ndarray, labels: np.ndarray, copied: np.ndarray, images: int
         include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=torch.device("cpu")
     )
     oracle, pml_wall, _ = timed(lambda: calc.get_accuracy(sub_x, sub_y))
-    new, new_wall, _ = timed(lambda: _retrieve(sub_x, sub_y, (1,), None, None, block_size=block_size))
+    new, new_wall, _ = timed(lambda: retrieve(sub_x, sub_y, (1,), None, None, block_size=block_size))
     new_metrics = metrics(new, [1])
     p1, mapr = oracle["precision_at_1"], oracle["mean_average_precision_at_r"]
     return [
@@ -411,7 +411,7 @@ def pml_check(x: np.ndarray, labels: np.ndarray, copied: np.ndarray, images: int
 def main() -> None:
     faiss.omp_set_num_threads(ARGS.threads)
     torch.set_num_threads(ARGS.threads)
-    block_size = ARGS.block_size or _BLOCK_SIZE
+    block_size = ARGS.block_size or BLOCK_SIZE
     rng = np.random.default_rng(ARGS.seed)
     print("# evaluation_speed")
     print("command:", shlex.join([sys.executable, *sys.argv]))

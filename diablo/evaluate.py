@@ -233,8 +233,9 @@ def index_metrics(index: Any, ks: Iterable[int], with_nmi: bool = True) -> dict[
     precision over the returned top R (R = the other items of its class). NMI clusters the
     stored embeddings either way.
     """
-    from diablo.evaluation import _average_precision_at_r, evaluate, nmi  # MAP@R's one definition
+    from diablo.evaluation import evaluate, nmi
     from diablo.index import ranked_search
+    from diablo.ranking import average_precision_at_r  # MAP@R's one definition
 
     if index.exact:
         return evaluate(index.embeddings, index.labels, ks, with_nmi=with_nmi)
@@ -255,7 +256,7 @@ def index_metrics(index: Any, ks: Iterable[int], with_nmi: bool = True) -> dict[
         relevant = (ids >= 0) & (labels[np.maximum(ids, 0)] == labels[rows, None])  # (c, k')
         for kk in ks:
             hits[kk][rows] = relevant[:, :kk].any(axis=1)
-        ap[rows] = _average_precision_at_r(relevant, r[rows])
+        ap[rows] = average_precision_at_r(relevant, r[rows])
     metrics = {f"recall@{kk}": float(hit.mean()) for kk, hit in hits.items()}
     valid = ap[~np.isnan(ap)]
     metrics["map@r"] = float(valid.mean()) if valid.size else math.nan

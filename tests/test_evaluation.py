@@ -352,10 +352,10 @@ def test_blocked_query_vs_gallery_matches_the_loop(kind: str, seed: int, block_s
 def test_memory_bounded_paths_match_the_loop(monkeypatch: pytest.MonkeyPatch, gallery: bool) -> None:
     """Queries in groups of one block (lists over the memory bound: no symmetry), a merge after
     every candidate and tau raised from each block's (max R + 1)-th similarity."""
-    evaluation = importlib.import_module("diablo.evaluation")
-    monkeypatch.setattr(evaluation, "_MAX_LIST_ENTRIES", 8)
-    monkeypatch.setattr(evaluation, "_MERGE_AT", 1)
-    monkeypatch.setattr(evaluation, "_CROWDED", -(10**6))
+    ranking = importlib.import_module("diablo.ranking")
+    monkeypatch.setattr(ranking, "_MAX_LIST_ENTRIES", 8)
+    monkeypatch.setattr(ranking, "_MERGE_AT", 1)
+    monkeypatch.setattr(ranking, "_CROWDED", -(10**6))
     x, y = tied_data(110, seed=6)
     q, q_labels, g, g_labels = (x[:60], y[:60], x[60:], y[60:]) if gallery else (x, y, None, None)
     ks = (1, 4, 200)
@@ -386,8 +386,8 @@ def test_block_size_must_be_positive() -> None:
 def test_raised_tau_leaves_room_for_the_query_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """tau raised from a block's similarities must count the query itself among them: query 0's
     top R = 2 are items 1 (0.8) and 2 (0.6), below its own 1.0; both must stay in its list."""
-    evaluation = importlib.import_module("diablo.evaluation")
-    monkeypatch.setattr(evaluation, "_CROWDED", -(10**6))  # raise tau in every block
+    ranking = importlib.import_module("diablo.ranking")
+    monkeypatch.setattr(ranking, "_CROWDED", -(10**6))  # raise tau in every block
     x = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [-1, 0]], dtype=np.float32)
     y = np.array([0, 0, 0, 1])
     # Every query of class 0 ranks its two positives first (AP 1); item 3 has no positive.
