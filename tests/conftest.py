@@ -24,3 +24,10 @@ def folder(tmp_path_factory) -> Path:
             Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
     return root
 
+
+@pytest.fixture
+def scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $DIABLO_CACHE: the image scan caches nothing in the user's folder."""
+    root = tmp_path_factory.mktemp("diablo-cache")
+    monkeypatch.setenv("DIABLO_CACHE", str(root))
+    return root

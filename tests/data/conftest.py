@@ -40,11 +40,9 @@ def write_corrupt(path: Path, kind: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $DIABLO_CACHE for each test: the image scan caches nothing in the user's folder."""
-    root = tmp_path_factory.mktemp("diablo-cache")
-    monkeypatch.setenv("DIABLO_CACHE", str(root))
-    return root
+def _fresh_scan_cache(scan_cache: Path) -> Path:
+    """Every data test caches its image scans in a fresh folder (`scan_cache`, tests/conftest.py)."""
+    return scan_cache
 
 
 @pytest.fixture
