@@ -2,7 +2,7 @@
 
 A grid of attention x selection (the four DIABLO variants of Figure 1 and §3.3-3.4, and the
 global-pooling baseline, `--attention none`), optionally crossed with lists of N (`--entries`),
-alpha, loss and dictionary start, each trained over seeds (`--seeds`, default 0 1 2) or over the
+alpha, loss and dictionary start (crossed, or one per variant: `post-feature=kmeans`), each trained over seeds (`--seeds`, default 0 1 2) or over the
 train / validation splits of the §4.2 protocol (`--protocol-splits S`). Every other flag is
 `python -m diablo.train`'s. Each run lives in OUT/<cell>/seed-<s>; a finished run is not trained
 again, a partial one is resumed (diablo.protocol.train_to_end), and a folder that holds a run of
@@ -90,8 +90,11 @@ def grid(base: TrainConfig, attentions: list[str], selections: list[str], entrie
 
     The baseline has no dictionary: one baseline cell per loss, whatever N, alpha and start. A start
     a variant cannot have (`shared` feature-wise) is the one it gets (diablo.dictionary.effective_start),
-    so it is not trained twice. Raises UsageError for a setting TrainConfig refuses."""
+    so it is not trained twice. An item of `inits` may be `VARIANT=START` (e.g. "post-feature=kmeans"):
+    that variant's only start, the other items being crossed with the other variants. Raises
+    UsageError for a setting TrainConfig refuses."""
     cells: dict[str, Cell] = {}
+    crossed, own = _starts(inits or [])
 
     def add(**changes: Any) -> None:
         try:
@@ -109,10 +112,27 @@ def grid(base: TrainConfig, attentions: list[str], selections: list[str], entrie
             for attention in (a for a in attentions if a != "none"):
                 for n in _unique(entries, base.num_entries):
                     for alpha in _unique(alphas, base.alpha):
-                        for init in _unique(inits, base.dictionary_init):
+                        for init in own.get(f"{attention}-{selection}") or _unique(crossed, base.dictionary_init):
                             add(attention=attention, selection=selection, num_entries=n, alpha=alpha, loss=loss,
                                 dictionary_init=effective_start(init, attention, selection))
     return list(cells.values())
+
+
+def _starts(inits: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """`--dictionary-init` items split into the crossed starts and {variant: [start]}."""
+    variants = [f"{a}-{s}" for a in ATTENTIONS if a != "none" for s in SELECTIONS]
+    crossed: list[str] = []
+    own: dict[str, list[str]] = {}
+    for item in inits:
+        variant, _, start = item.rpartition("=")
+        if start not in DICTIONARY_INITS or (variant and variant not in variants):
+            raise UsageError(f"--dictionary-init {item}: expected START or VARIANT=START with START one of "
+                             f"{', '.join(DICTIONARY_INITS)} and VARIANT one of {', '.join(variants)}")
+        if variant:
+            own.setdefault(variant, []).append(start)
+        else:
+            crossed.append(start)
+    return crossed, own
 
 
 def run_config(cell: Cell, seed: int, val_fraction: float, out: Path) -> TrainConfig:
@@ -336,8 +356,9 @@ def parser() -> Parser:
     p.add_argument("--entries", nargs="+", type=int, metavar="N", help="dictionary sizes (Table 4: 2 4 8 16)")
     p.add_argument("--alpha", nargs="+", type=float, help="assignment hardness values (Eq 7, 11)")
     p.add_argument("--loss", nargs="+", choices=LOSS_NAMES, metavar="LOSS", help=f"losses ({', '.join(LOSS_NAMES)})")
-    p.add_argument("--dictionary-init", nargs="+", choices=DICTIONARY_INITS, metavar="INIT",
-                   help=f"dictionary starts ({', '.join(DICTIONARY_INITS)})")
+    p.add_argument("--dictionary-init", nargs="+", metavar="INIT",
+                   help=f"dictionary starts ({', '.join(DICTIONARY_INITS)}), each crossed with every variant, or "
+                        "VARIANT=START for one variant's (e.g. post-feature=kmeans pre-dimension=shared)")
     over = p.add_mutually_exclusive_group()
     over.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of each cell (default: 0 1 2)")
     over.add_argument("--protocol-splits", type=int, metavar="S",

@@ -123,6 +123,23 @@ def fake_result(base: TrainConfig, entries: list[int]) -> dict:
             "failed": []}
 
 
+def test_per_variant_dictionary_starts():
+    base = TrainConfig(**PRESETS["demo"])
+    cells = ablate.grid(base, ["pre", "post", "none"], ["feature", "dimension"],
+                        inits=["post-feature=kmeans", "pre-dimension=shared", "random"])
+    starts = {c.name: (c.config.attention, c.config.selection, c.config.dictionary_init) for c in cells}
+    assert starts == {
+        "baseline": ("none", base.selection, "random"),  # no dictionary: the selection is unused
+        "pre-feature": ("pre", "feature", "random"),
+        "post-feature-init-kmeans": ("post", "feature", "kmeans"),
+        "pre-dimension-init-shared": ("pre", "dimension", "shared"),
+        "post-dimension": ("post", "dimension", "random"),
+    }
+    # A variant may have several own starts; the crossed ones then do not apply to it.
+    cells = ablate.grid(base, ["post"], ["feature"], inits=["post-feature=kmeans", "post-feature=random", "shared"])
+    assert [c.config.dictionary_init for c in cells] == ["kmeans", "random"]
+
+
 def test_cub_preset_prints_the_papers_table_3_and_4_cells():
     markdown = ablate.markdown_table(fake_result(TrainConfig(**PRESETS["cub"]), [8, 16, 4]))
     assert "| paper R@1 (%) |" in markdown.splitlines()[0]
@@ -154,7 +171,8 @@ def test_cub_preset_prints_the_papers_table_3_and_4_cells():
     ["--attention", "sideways"], ["--seeds"], ["--seeds", "0", "--protocol-splits", "2"], ["--protocol-splits", "0"],
     ["--protocol-splits", "2", "--split-fraction", "1"], ["--split-fraction", "0.5"], ["--entries", "3"],
     ["--resume", "x"], ["--overwrite"], ["--seed", "1"], ["--protocol-splits", "2", "--val-fraction", "0.3"],
-    ["--epochs", "-1"], ["--bogus"], ["--alpha", "0"],
+    ["--epochs", "-1"], ["--bogus"], ["--alpha", "0"], ["--dictionary-init", "sideways-feature=kmeans"],
+    ["--dictionary-init", "post-feature=bogus"], ["--dictionary-init", "bogus"],
 ])
 def test_bad_input_one_line_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
