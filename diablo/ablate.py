@@ -2,13 +2,14 @@
 
 A grid of attention x selection (the four DIABLO variants of Figure 1 and §3.3-3.4, and the
 global-pooling baseline, `--attention none`), optionally crossed with lists of N (`--entries`),
-alpha, loss and dictionary start (crossed, or one per variant: `post-feature=kmeans`), each trained over seeds (`--seeds`, default 0 1 2) or over the
-train / validation splits of the §4.2 protocol (`--protocol-splits S`). Every other flag is
-`python -m diablo.train`'s. Each run lives in OUT/<cell>/seed-<s>; a finished run is not trained
-again, a partial one is resumed (diablo.protocol.train_to_end), and a folder that holds a run of
-other settings is an error. Written to OUT: ablation.md (mean ± std of R@1 and MAP@R per cell),
-ablation.json (every run's numbers), ablation.html (plotly) and ablation.png (only where kaleido
-is installed and finds a browser to render with).
+alpha, loss and dictionary start (crossed, or one variant's own: `post-feature=kmeans`), each
+trained over seeds (`--seeds`, default 0 1 2) or over the train / validation splits of the §4.2
+protocol (`--protocol-splits S`). Every other flag is `python -m diablo.train`'s. Each run lives
+in OUT/<cell>/seed-<s>; a finished run is not trained again, a partial one is resumed
+(diablo.protocol.train_to_end), and a folder that holds a run of other settings is an error.
+Written to OUT: ablation.md (mean ± std of R@1 and MAP@R per cell), ablation.json (every run's
+numbers), ablation.html (plotly) and ablation.png (only where kaleido is installed and finds a
+browser to render with).
 
 Which epoch a run contributes: without validation (`--val-fraction 0`, the default), its final
 epoch on the test classes, as the bundled demo checkpoints do; with validation (`--protocol-splits`,
