@@ -155,8 +155,8 @@ def mismatch(run: TrainConfig) -> str | None:
     meta = stored_meta(run)
     if meta is None:
         return None
-    stored = meta.get("train_config", {})
     wanted = run.to_dict()
+    stored = {**TrainConfig().to_dict(), **meta.get("train_config", {})}  # a field added since: its default
     different = [k for k in wanted if k not in UNCOMPARED and stored.get(k) != wanted[k]]
     if different:
         shown = ", ".join(f"{k}={stored.get(k)!r} (now {wanted[k]!r})" for k in different[:3])

@@ -189,6 +189,10 @@ class TrainConfig:
     # (dictionary, alpha, embedding layers), which start from scratch.
     lr: float = 1e-5
     new_lr_factor: float = 1.0
+    # A further factor for the dictionary alone (lr * new_lr_factor * dictionary_lr_factor): Adam
+    # moves every coordinate by about the rate per step, so an entry of norm ~sqrt(m) (N(0, 1) start)
+    # turns by only ~rate / 1 radian per step; 1 keeps the dictionary in the new parts' group.
+    dictionary_lr_factor: float = 1.0
     weight_decay: float = 0.0
     # Learning-rate schedule over the optimiser steps (SCHEDULES): "constant" (the paper's), or
     # "cosine": a linear warm-up from 0 to each parameter group's peak lr over `warmup_steps`, then a
@@ -248,7 +252,7 @@ class TrainConfig:
         minimum = MIN_IMAGE_SIZE[self.backbone]
         if self.image_size < minimum:
             raise _fail("image_size", f">= {minimum} for {self.backbone} (its smallest input)", self.image_size)
-        for name in ("lr", "new_lr_factor"):
+        for name in ("lr", "new_lr_factor", "dictionary_lr_factor"):
             _set(self, name, _real(name, getattr(self, name), 0.0, low_open=True))
         _set(self, "weight_decay", _real("weight_decay", self.weight_decay, 0.0))
         _set(self, "val_fraction", _real("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True))
@@ -316,6 +320,7 @@ HELP: dict[str, str] = {
     "loss": "metric loss, with the paper's parameters",
     "lr": "Adam learning rate of the pretrained layers (peak lr under a schedule)",
     "new_lr_factor": "learning-rate multiplier of the new layers (dictionary, alpha, embedding)",
+    "dictionary_lr_factor": "a further multiplier for the dictionary alone (its own Adam group when not 1)",
     "weight_decay": "Adam weight decay (L2 coefficient, >= 0)",
     "schedule": "learning-rate schedule: 'constant', or 'cosine' (linear warm-up, then cosine decay to a floor)",
     "warmup_steps": "linear learning-rate warm-up length, in optimiser steps (0: none)",

@@ -4,7 +4,8 @@
 - "constant": the peak rate throughout (the paper's Adam at 1e-5, §3.5).
 - "cosine": a linear warm-up from 0 to the peak over `warmup_steps`, then a cosine decay from the
   peak to `min_lr_factor` x peak at the last step (Loshchilov and Hutter, SGDR, 2017, without restarts).
-Every parameter group keeps its own peak (the backbone's `lr`, the new parts' `lr * new_lr_factor`).
+Every parameter group keeps its own peak (the backbone's `lr`, the new parts' `lr * new_lr_factor`,
+and the dictionary's, when `dictionary_lr_factor` gives it a group, that times the factor).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from diablo.config import TrainConfig
 
-__all__ = ["lr_factor", "total_steps", "apply_schedule"]
+__all__ = ["apply_schedule", "lr_factor", "peaks", "total_steps"]
 
 
 def total_steps(config: TrainConfig) -> int:
@@ -36,11 +37,18 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def peaks(config: TrainConfig, groups: int) -> tuple[float, ...]:
+    """The peak rates of the optimiser's `groups` groups: the backbone's, the new parts', and (a
+    third group) the dictionary's lr * new_lr_factor * dictionary_lr_factor."""
+    new = config.lr * config.new_lr_factor
+    return (config.lr, new, new * config.dictionary_lr_factor)[:groups]
+
+
 def apply_schedule(opt: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
-    """Set the rates of step `step` in the optimiser's groups (backbone first, new parts second)
-    and the config's weight decay, so that what a run records is what the optimiser uses."""
-    peaks = (config.lr, config.lr * config.new_lr_factor)
+    """Set the rates of step `step` in the optimiser's groups (backbone, new parts, and the
+    dictionary when it has its own group) and the config's weight decay, so that what a run
+    records is what the optimiser uses."""
     factor = lr_factor(config, step)
-    for group, peak in zip(opt.param_groups, peaks, strict=True):
+    for group, peak in zip(opt.param_groups, peaks(config, len(opt.param_groups)), strict=True):
         group["lr"] = peak * factor
         group["weight_decay"] = config.weight_decay

@@ -46,7 +46,7 @@ from diablo.losses import build_loss
 from diablo.model import DiabloNet, build_model
 from diablo.run_directory import Manifest, RunDirectory, RunDirectoryError, load_optimiser
 from diablo.samplers import ClassBalancedSampler
-from diablo.schedule import apply_schedule
+from diablo.schedule import apply_schedule, peaks
 
 FLAG_NAMES = {"num_entries": "entries"}
 
@@ -142,14 +142,17 @@ class Job:
 
 
 def optimiser(model: DiabloNet, config: TrainConfig) -> torch.optim.Adam:
-    """Adam; the new parts (dictionary, alpha, embedding layers) at lr * new_lr_factor."""
+    """Adam; the new parts (dictionary, alpha, embedding layers) at lr * new_lr_factor, and the
+    dictionary in a third group at that rate x dictionary_lr_factor when that factor is not 1
+    (diablo.schedule.peaks gives each group's rate)."""
     new = [p for m in (model.selection, model.embedding) if m is not None for p in m.parameters()]
-    new_ids = {id(p) for p in new}
-    pretrained = [p for p in model.parameters() if id(p) not in new_ids]
-    return torch.optim.Adam(
-        [{"params": pretrained, "lr": config.lr}, {"params": new, "lr": config.lr * config.new_lr_factor}],
-        weight_decay=config.weight_decay,
-    )
+    own = [model.dictionary] if config.dictionary_lr_factor != 1 and model.dictionary is not None else []
+    new_ids, own_ids = {id(p) for p in new}, {id(p) for p in own}
+    groups = [[p for p in model.parameters() if id(p) not in new_ids], [p for p in new if id(p) not in own_ids]]
+    groups += [own] if own else []
+    rates = peaks(config, len(groups))
+    return torch.optim.Adam([{"params": g, "lr": r} for g, r in zip(groups, rates, strict=True)],
+                            weight_decay=config.weight_decay)
 
 
 def restore(config: TrainConfig, run: RunDirectory, resume: bool, job: Job

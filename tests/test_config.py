@@ -318,7 +318,8 @@ def test_image_size_at_least_the_backbones_minimum(backbone: str, minimum: int) 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("lr", 0.0), ("lr", -1e-5), ("lr", math.inf), ("lr", math.nan), ("lr", "1e-5"), ("lr", True),
-     ("new_lr_factor", 0), ("new_lr_factor", math.inf), ("weight_decay", -1e-9), ("weight_decay", math.nan),
+     ("new_lr_factor", 0), ("new_lr_factor", math.inf), ("dictionary_lr_factor", -1.0),
+     ("weight_decay", -1e-9), ("weight_decay", math.nan),
      ("weight_decay", "0"), ("val_fraction", 1.0), ("val_fraction", -0.1), ("val_fraction", math.nan),
      ("val_fraction", True), ("alpha", "10"), ("alpha", math.inf)],
 )

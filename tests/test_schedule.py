@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diablo.config import TrainConfig
-from diablo.schedule import apply_schedule, lr_factor, total_steps
+from diablo.schedule import apply_schedule, lr_factor, peaks, total_steps
 
 
 def config(**changes) -> TrainConfig:
@@ -52,3 +52,13 @@ def test_apply_schedule_sets_each_groups_rate_and_decay():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-2 * 0.5)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.01]
+
+
+def test_the_dictionarys_own_group_gets_its_factor():
+    backbone, new, dictionary = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    opt = torch.optim.Adam([{"params": [p], "lr": 1.0} for p in (backbone, new, dictionary)])
+    c = config(dictionary_lr_factor=30.0)
+    assert peaks(c, 3) == pytest.approx((1e-3, 1e-2, 0.3))
+    assert peaks(c, 2) == pytest.approx((1e-3, 1e-2))  # no group of its own: the new parts' rate
+    apply_schedule(opt, c, 9)  # the warm-up's last step: the peaks
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2, 0.3])

@@ -122,6 +122,22 @@ def test_new_parts_learn_faster(folder):
     assert len(pretrained["params"]) + len(new["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("attention", ["post", "none"])
+def test_the_dictionary_in_its_own_group(attention):
+    config, _ = train_module.config_from_args(["--backbone", "mobilenet_v2", "--pretrained", "none", "--lr", "1e-4",
+                                               "--new-lr-factor", "10", "--dictionary-lr-factor", "30",
+                                               "--attention", attention])
+    model = diablo.build_model(config.model_config())
+    groups = train_module.optimiser(model, config).param_groups
+    if attention == "none":  # no dictionary: the two groups of before
+        assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
+        return
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3, 3e-2])
+    assert [id(p) for p in groups[2]["params"]] == [id(model.dictionary)]
+    assert id(model.embedding.weight) in {id(p) for p in groups[1]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
 def test_killed_mid_epoch_then_resumed_ends_with_a_valid_checkpoint(folder, tmp_path):
     out = tmp_path / "run"
     argv = flags(folder, out, "--epochs", "3", "--steps-per-epoch", "40")
