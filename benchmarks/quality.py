@@ -62,11 +62,12 @@ def run(dataset: str, variant: str, seed: int, steps: int, out: Path, alpha: flo
             "recall@1": record["recall@1"], "map@r": record["map@r"], "out": config.out}
 
 
-def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240) -> tuple[torch.Tensor | None, object]:
-    """Attention maps (B, N, c, h, w) of a checkpoint on `images` test images spread over the classes (None for
-    the baseline), and the subset."""
+def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240,
+                 split: str = "test") -> tuple[torch.Tensor | None, object]:
+    """Attention maps (B, N, c, h, w) of a checkpoint on `images` images of `split` spread over the classes (None
+    for the baseline), and the subset."""
     model, _, _ = diablo.load_checkpoint(checkpoint, device="cpu")
-    data = diablo.load_dataset(dataset, split="test", transform=build_transform(False, SETTINGS[dataset]["image_size"]))
+    data = diablo.load_dataset(dataset, split=split, transform=build_transform(False, SETTINGS[dataset]["image_size"]))
     subset = ClassSubset(data, per_class=max(1, images // len(set(data.labels))))
     x = torch.stack([subset[i][0] for i in range(len(subset))])
     with torch.inference_mode():
@@ -74,9 +75,10 @@ def attention_of(checkpoint: Path, dataset: str = "synthetic", images: int = 240
     return (None if maps[0] is None else torch.cat(maps)), subset
 
 
-def print_localisation(name: str, checkpoint: Path, images: int = 120, q: float = TOP_CHANNELS) -> None:
+def print_localisation(name: str, checkpoint: Path, images: int = 120, q: float = TOP_CHANNELS,
+                       split: str = "test") -> None:
     """The per-entry table and the summary line of one checkpoint (definitions: diablo.localisation)."""
-    attention, subset = attention_of(checkpoint, images=images)
+    attention, subset = attention_of(checkpoint, images=images, split=split)
     if attention is None:
         print(f"\n{name}: no dictionary (baseline), nothing to localise")
         return
@@ -112,18 +114,21 @@ def main() -> None:
     p.add_argument("--dictionary-init", default="random", choices=DICTIONARY_INITS)
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--localise", nargs="+", type=Path, help="only the localisation of these checkpoints")
-    p.add_argument("--images", type=int, default=120, help="test images for the localisation (spread over classes)")
+    p.add_argument("--images", type=int, default=120, help="images for the localisation (spread over classes)")
+    p.add_argument("--split", default="test", choices=["train", "test"],
+                   help="whose images --localise uses (train: to choose a recipe without the test classes)")
     p.add_argument("--top-channels", type=float, default=TOP_CHANNELS,
                    help="q: share of channels per entry for the per-channel score (dimension-wise)")
     args = p.parse_args()
     if args.localise:
         print("$ .venv/bin/python benchmarks/quality.py " + shlex.join(sys.argv[1:]))
-        print("Attention localisation per dictionary entry on the synthetic test classes (diablo.localisation):"
-              " object% = mass on the object (channel mean), ratio = object% / area%, topq% / topq-r = the same"
+        print(f"Attention localisation per dictionary entry on the synthetic {args.split} classes"
+              " (diablo.localisation): object% = mass on the object (channel mean), ratio = object% / area%,"
+              " topq% / topq-r = the same"
               f" over each entry's top {100 * args.top_channels:g} % channels by spatial variance, argmax% = share"
               " of arg-max assignments won (per place, and channel for dimension-wise), then the mass on each part")
         for path in args.localise:
-            print_localisation(path.stem, path, args.images, args.top_channels)
+            print_localisation(path.stem, path, args.images, args.top_channels, args.split)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

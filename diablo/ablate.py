@@ -13,7 +13,8 @@ browser to render with).
 
 Which epoch a run contributes: without validation (`--val-fraction 0`, the default), its final
 epoch on the test classes, as the bundled demo checkpoints do; with validation (`--protocol-splits`,
-or `--val-fraction F`), the epoch of best validation Recall@1, measured on the test classes (§4.2).
+`--val-fraction F`, or `--val-groups G` on the synthetic set), the epoch of best validation
+Recall@1, measured on the test classes (§4.2).
 The std is the population one (numpy's default, as diablo.protocol). With the CUB settings of the
 paper (`--preset cub` or `cub-val`) the table shows the paper's R@1 beside each cell it reports.
 """
@@ -182,7 +183,7 @@ def run_metrics(run: TrainConfig, device: Any, test_sets: dict[tuple, Any]) -> d
     """The test metrics a finished run contributes: its final epoch's record (no validation), or
     its best validation epoch (best.safetensors) measured on the test classes (§4.2), cached."""
     out = Path(run.out)
-    if run.val_fraction == 0:
+    if not run.validates:
         record = stored_meta(run)["history"][-1]
         return {"epoch": record["epoch"], "selected": "final epoch",
                 **{k: v for k, v in record.items() if _is_metric(k, v)}}
@@ -197,7 +198,7 @@ def run_metrics(run: TrainConfig, device: Any, test_sets: dict[tuple, Any]) -> d
             return cached["metrics"]
     data_key = (run.dataset, run.root, run.image_size, run.max_per_class)
     if data_key not in test_sets:
-        test_sets[data_key] = training.evaluation_sets(run.replace(val_fraction=0.0))
+        test_sets[data_key] = training.evaluation_sets(run.replace(val_fraction=0.0, val_groups=0))
     queries, gallery = test_sets[data_key]
     model, _, _ = load_checkpoint(best, device=device)
     metrics = {"epoch": epoch, "selected": "best validation epoch",
@@ -254,6 +255,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     notes = [f"Mean ± std (population) over the runs (seeds {seeds}) of {SELECTED[result['selected']]}."]
     if result["val_fraction"]:
         notes.append(f"Validation: {result['val_fraction']:g} of the training classes, a split per seed.")
+    if result["train_config"].get("val_groups"):
+        notes.append(f"Validation: {result['train_config']['val_groups']} further synthetic groups of classes "
+                     "(neither train nor test classes).")
     if result["failed"]:
         failed = ", ".join(f"{f['cell']}/seed-{f['seed']}" for f in result["failed"])
         notes.append(f"Failed runs (not counted): {failed}.")
@@ -326,7 +330,7 @@ def ablate(base: TrainConfig, cells: list[Cell], seeds: list[int], val_fraction:
                        "runs": len(rows[cell.name]), "summary": summarise(rows[cell.name])} for cell in cells],
             "runs": [row for cell in cells for row in rows[cell.name]], "failed": failed, "seeds": seeds,
             "val_fraction": val_fraction,
-            "selected": "best validation epoch" if val_fraction else "final epoch",
+            "selected": "best validation epoch" if val_fraction or base.val_groups else "final epoch",
             "train_config": base.to_dict()})
         notes[:] = write_outputs(out, result, plot)
 

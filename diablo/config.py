@@ -216,6 +216,9 @@ class TrainConfig:
     max_per_class: int = 0
     # Share of the training classes held out for model selection (paper §4.2: 0.5); 0 selects on the test split.
     val_fraction: float = 0.0
+    # Synthetic data only, instead of val_fraction: validate on this many further groups of classes
+    # rendered after the dataset's own (never its test classes), and train on every training class.
+    val_groups: int = 0
     seed: int = 0
     # "auto" (cuda, mps, cpu), or any torch device string.
     device: str = "auto"
@@ -257,11 +260,18 @@ class TrainConfig:
         _set(self, "weight_decay", _real("weight_decay", self.weight_decay, 0.0))
         _set(self, "val_fraction", _real("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True))
         _set(self, "min_lr_factor", _real("min_lr_factor", self.min_lr_factor, 0.0, 1.0))
+        if self.val_groups and (self.dataset != "synthetic" or self.val_fraction):
+            raise _fail("val_groups", "0 unless the dataset is synthetic and val_fraction is 0", self.val_groups)
         for name in ("amp", "channels_last", "progress"):
             _boolean(name, getattr(self, name))
         model = self.model_config()  # validates (and normalises) the model fields
         for field in dataclasses.fields(ModelConfig):
             _set(self, field.name, getattr(model, field.name))
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run evaluates on validation classes (val_fraction or val_groups), not on test."""
+        return bool(self.val_fraction or self.val_groups)
 
     def model_config(self) -> ModelConfig:
         """The ModelConfig made of this run's model fields (those named as in ModelConfig)."""
@@ -295,6 +305,7 @@ INT_MINIMUMS: dict[str, int] = {
     "steps_per_epoch": 1,
     "image_size": 1,
     "max_per_class": 0,
+    "val_groups": 0,
     "seed": 0,
     "workers": 0,
     "batch_size_eval": 1,
@@ -332,6 +343,8 @@ HELP: dict[str, str] = {
     "image_size": "side of the square training and test crops, in pixels",
     "max_per_class": "use at most this many images per class (0: all)",
     "val_fraction": "share of the training classes held out for model selection, in [0, 1) (0: select on test)",
+    "val_groups": "synthetic only: validate on this many further groups of 6 classes rendered after the "
+                  "dataset's, training on all training classes (0: off)",
     "seed": "random seed (>= 0)",
     "device": "'auto' (cuda, then mps, then cpu) or a torch device string such as 'cuda:1'",
     "amp": "bfloat16 autocast",

@@ -40,6 +40,7 @@ from diablo.checkpoint import read_checkpoint, resolve_device
 from diablo.config import CHOICES, HELP, PRESETS, TrainConfig
 from diablo.data import build_transform, k_list, load_dataset
 from diablo.data.subset import ClassSubset, split_classes
+from diablo.data.synthetic import load_further_groups
 from diablo.dictionary import start_dictionary
 from diablo.evaluation import embed, evaluate, without_positive
 from diablo.losses import build_loss
@@ -77,7 +78,12 @@ def dataset(config: TrainConfig, split: str, train: bool) -> Any:
 
 
 def evaluation_sets(config: TrainConfig) -> tuple[Any, Any | None]:
-    """(queries, gallery or None): validation classes, or the test split (In-Shop: query vs gallery)."""
+    """(queries, gallery or None): validation classes (held-out training classes, or further
+    synthetic groups), or the test split (In-Shop: query vs gallery)."""
+    if config.val_groups:
+        transform = build_transform(train=False, image_size=config.image_size)
+        further = load_further_groups(config.val_groups, root=config.root, transform=transform)
+        return (ClassSubset(further, per_class=config.max_per_class) if config.max_per_class else further), None
     if config.val_fraction > 0:
         full = dataset(config, "train", train=False)
         _, held = split_classes(full.labels, config.val_fraction, config.seed)
@@ -224,7 +230,7 @@ def end_epoch(row: dict[str, Any], model: DiabloNet, opt: torch.optim.Optimizer,
     manifest.record(row)
     meta = {"train_config": config.to_dict(), "epoch": manifest.epoch, "step": manifest.step,
             "history": manifest.history, "best_epoch": manifest.best_epoch, "git_commit": git_commit(),
-            "evaluated_on": "validation" if config.val_fraction else "test"}
+            "evaluated_on": "validation" if config.validates else "test"}
     run.commit(manifest, model, config.model_config(), meta, opt)
     summary = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
     if "images" in row:

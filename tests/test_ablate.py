@@ -120,7 +120,7 @@ def fake_result(base: TrainConfig, entries: list[int]) -> dict:
     summary = {"recall@1": {"mean": 0.5, "std": 0.01}, "map@r": {"mean": 0.25, "std": 0.02}}
     return {"cells": [{"name": c.name, "train_config": c.config.to_dict(), "runs": 3, "summary": summary}
                       for c in cells], "seeds": [0, 1, 2], "val_fraction": 0.0, "selected": "final epoch",
-            "failed": []}
+            "failed": [], "train_config": base.to_dict()}
 
 
 def test_per_variant_dictionary_starts():
@@ -138,6 +138,14 @@ def test_per_variant_dictionary_starts():
     # A variant may have several own starts; the crossed ones then do not apply to it.
     cells = ablate.grid(base, ["post"], ["feature"], inits=["post-feature=kmeans", "post-feature=random", "shared"])
     assert [c.config.dictionary_init for c in cells] == ["kmeans", "random"]
+
+
+def test_validation_on_further_groups_is_named():
+    base = TrainConfig(**{**PRESETS["demo"], "val_groups": 2})
+    result = {**fake_result(base, [8]), "selected": "best validation epoch"}
+    notes = ablate.markdown_table(result)
+    assert "2 further synthetic groups" in notes and "best validation R@1" in notes
+    assert ablate.run_config(ablate.grid(base, ["pre"], ["feature"])[0], 1, 0.0, Path("x")).validates
 
 
 def test_cub_preset_prints_the_papers_table_3_and_4_cells():

@@ -20,6 +20,8 @@ import diablo
 from diablo import dictionary
 from diablo import train as train_module
 from diablo.config import TrainConfig
+from diablo.data import build_transform
+from diablo.data.synthetic import load_further_groups, load_synthetic
 from diablo.run_directory import load_optimiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +138,31 @@ def test_the_dictionary_in_its_own_group(attention):
     assert [id(p) for p in groups[2]["params"]] == [id(model.dictionary)]
     assert id(model.embedding.weight) in {id(p) for p in groups[1]["params"]}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_validation_on_further_synthetic_groups(tmp_path, monkeypatch):
+    """--val-groups: training on the synthetic training classes, every evaluation on classes beyond
+    the set's (a small set of further groups here, to keep the test quick), best chosen there."""
+    small = {"num_classes": 6, "images_per_class": 3, "resolution": 64, "group_size": 3}
+    calls = []
+
+    def further(groups, root=None, transform=None):
+        calls.append(groups)
+        return load_further_groups(groups, tmp_path / "cache", transform, **small)
+
+    monkeypatch.setattr(train_module, "load_further_groups", further)
+    out = tmp_path / "run"
+    argv = [*flags(tmp_path, out, "--epochs", "1", "--steps-per-epoch", "1"), "--dataset", "synthetic", "--root",
+            str(tmp_path / "synthetic"), "--val-groups", "2"]
+    monkeypatch.setattr(train_module, "training_set", lambda config, train=True: load_synthetic(
+        tmp_path / "cache", "train", build_transform(train, config.image_size), **small))
+    assert run(argv) == 0
+    _, _, meta = diablo.load_checkpoint(out / "last.safetensors", device="cpu")
+    assert meta["evaluated_on"] == "validation" and calls and set(calls) == {2}
+    assert [row["images"] for row in meta["history"] if "images" in row] == [2 * 3 * 3] * 2  # 2 groups x 3 x 3
+    for bad in (["--val-groups", "1", "--val-fraction", "0.5"], ["--val-groups", "1", "--dataset", "folder"]):
+        with pytest.raises(SystemExit):
+            train_module.config_from_args([*flags(tmp_path, tmp_path / "other"), "--dataset", "synthetic", *bad])
 
 
 def test_killed_mid_epoch_then_resumed_ends_with_a_valid_checkpoint(folder, tmp_path):

@@ -46,10 +46,13 @@ from PIL import Image
 
 from diablo.data.base import ImageDataset, Transform
 from diablo.data.cache import cache_root
+from diablo.data.subset import ClassSubset
 
 __all__ = [
     "BACKGROUNDS",
     "COLOURS",
+    "GROUP_SIZE",
+    "NUM_CLASSES",
     "PART_NAMES",
     "PATTERNS",
     "SHAPES",
@@ -58,12 +61,15 @@ __all__ = [
     "SyntheticParts",
     "class_attributes",
     "generate_synthetic",
+    "load_further_groups",
     "load_synthetic",
     "render",
     "synthetic_dir",
 ]
 
 VERSION = "v1"
+NUM_CLASSES = 60  # the embedded set: 10 groups of 6, the first 5 groups train, the last 5 test
+GROUP_SIZE = 6
 PART_NAMES: tuple[str, ...] = ("body", "head", "tail", "wing")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 40, 40),
@@ -425,7 +431,7 @@ def _background(sources: list[np.ndarray], size: int, rng: np.random.Generator) 
 
 
 # --------------------------------------------------------------------------- classes
-def class_attributes(num_classes: int, seed: int = 0, group_size: int = 6) -> list[Attributes]:
+def class_attributes(num_classes: int, seed: int = 0, group_size: int = GROUP_SIZE) -> list[Attributes]:
     """The attributes of every class: groups of one random prototype and its variants.
 
     Each variant changes one or two attributes (colour, pattern, shape) of one part of the
@@ -659,11 +665,11 @@ def load_synthetic(
     root: str | os.PathLike | None = None,
     split: str = "train",
     transform: Transform | None = None,
-    num_classes: int = 60,
+    num_classes: int = NUM_CLASSES,
     images_per_class: int = 40,
     resolution: int = 128,
     seed: int = 0,
-    group_size: int = 6,
+    group_size: int = GROUP_SIZE,
 ) -> SyntheticParts:
     """The synthetic parts dataset, generated on first use (see the module docstring).
 
@@ -679,3 +685,19 @@ def load_synthetic(
     if index.get("params") != params or index.get("version") != VERSION:
         raise ValueError(f"{folder / 'index.json'} does not match the requested parameters {params}")
     return SyntheticParts(folder, index, split, transform)
+
+
+def load_further_groups(groups: int, root: str | os.PathLike | None = None, transform: Transform | None = None,
+                        *, num_classes: int = NUM_CLASSES, group_size: int = GROUP_SIZE, **params: int) -> ClassSubset:
+    """`groups` groups of classes beyond a set's `num_classes` (the embedded set's by default): the
+    generator continued, so neither its train nor its test classes. Rendered as part of a larger
+    set whose first `num_classes` classes are the set's own pixel for pixel (class attributes are
+    drawn group by group, each image from its own (seed, class, image) generator); `params` are
+    load_synthetic's other parameters. A validation set for runs that train on every training class."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if num_classes % group_size:
+        raise ValueError(f"num_classes ({num_classes}) is not a whole number of groups of {group_size}")
+    extra = groups * group_size
+    data = load_synthetic(root, "all", transform, num_classes=num_classes + extra, group_size=group_size, **params)
+    return ClassSubset(data, range(num_classes, num_classes + extra))

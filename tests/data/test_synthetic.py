@@ -18,6 +18,7 @@ from diablo.data.synthetic import (
     SyntheticParts,
     class_attributes,
     generate_synthetic,
+    load_further_groups,
     load_synthetic,
     render,
     synthetic_dir,
@@ -193,3 +194,25 @@ def test_an_unreadable_image_is_dropped_with_its_mask(small_cache: Path, tmp_pat
     assert ds.labels == full.labels[:4] + full.labels[5:] and ds.classes == full.classes
     assert [Path(m).name for m in ds.mask_paths] == [Path(p).name for p in ds.paths]  # still aligned
     assert np.array_equal(ds.mask(4), full.mask(5))
+
+
+def test_further_groups_continue_the_set_without_touching_it(small_cache: Path, tmp_path: Path) -> None:
+    further = load_further_groups(2, root=tmp_path, **SMALL)  # 6 classes + 2 groups of 3
+    n, size = SMALL["num_classes"], SMALL["group_size"]
+    assert sorted(set(further.labels)) == list(range(n, n + 2 * size))
+    assert len(further) == 2 * size * SMALL["images_per_class"]
+    # The larger set's first classes are the set's own: same attributes, same pixels, same masks.
+    own = load_synthetic(root=small_cache, split="all", **SMALL)
+    larger = further.dataset
+    assert class_attributes(n + 2 * size, SMALL["seed"], size)[:n] == class_attributes(n, SMALL["seed"], size)
+    for i in range(len(own)):
+        assert larger.labels[i] == own.labels[i]
+        assert np.array_equal(np.asarray(larger.image(i)), np.asarray(own.image(i)))
+        assert np.array_equal(larger.mask(i), own.mask(i))
+    # ... and the further classes are none of them.
+    keys = [json.dumps(a, sort_keys=True) for a in class_attributes(n + 2 * size, SMALL["seed"], size)]
+    assert len(set(keys)) == len(keys)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        load_further_groups(0, root=tmp_path, **SMALL)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        load_further_groups(1, root=tmp_path, **{**SMALL, "num_classes": 5})
