@@ -4,7 +4,7 @@
     .venv/bin/python checkpoints/make_demo.py --table     # the tables of checkpoints/README.md
 
 Each variant: `python -m diablo.train --preset demo --attention A --selection S --out runs/demo/V`
-(synthetic parts, ImageNet MobileNetV2, N = 8, 128 px, 8 x 5 batches, 8 epochs x 25 steps), plus
+(synthetic parts, ImageNet MobileNetV2, N = 8, 128 px, 8 x 5 batches, 24 epochs x 25 steps), plus
 the variant's dictionary initialisation, chosen on held-out training classes.
 A finished run is exported without training it again, a partly finished one is resumed.
 The exported checkpoint is the run's *last* epoch (a fixed budget: no model selection on the
