@@ -46,6 +46,9 @@ from diablo.paper_tables import paper_value
 PROG = "python -m diablo.ablate"
 # Settings that do not change what a run computes: a stored run may differ in them.
 UNCOMPARED = frozenset({"out", "root", "progress", "workers", "device", "batch_size_eval", "epochs"})
+# ... nor, for the baseline (no dictionary), these: it builds and trains the same network whatever they are.
+DICTIONARY_SETTINGS = frozenset({"selection", "num_entries", "alpha", "learn_alpha", "rescale", "dictionary_init",
+                                 "dictionary_lr_factor"})
 # The cached test metrics of a run selected on validation (next to its best.safetensors).
 TEST_CACHE = "test_metrics.json"
 
@@ -158,7 +161,8 @@ def mismatch(run: TrainConfig) -> str | None:
         return None
     wanted = run.to_dict()
     stored = {**TrainConfig().to_dict(), **meta.get("train_config", {})}  # a field added since: its default
-    different = [k for k in wanted if k not in UNCOMPARED and stored.get(k) != wanted[k]]
+    ignored = UNCOMPARED | (DICTIONARY_SETTINGS if run.attention == "none" else frozenset())
+    different = [k for k in wanted if k not in ignored and stored.get(k) != wanted[k]]
     if different:
         shown = ", ".join(f"{k}={stored.get(k)!r} (now {wanted[k]!r})" for k in different[:3])
         return f"{run.out} holds a run with other settings: {shown}; use another --out"

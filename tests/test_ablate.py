@@ -74,6 +74,9 @@ def test_two_variants_two_seeds_table_rerun_and_mismatch(folder, tmp_path, monke
     assert ablate.main(argv) == 0
     assert run_files(out) == before
     assert json.loads((out / "ablation.json").read_text())["runs"] == result["runs"]
+    # The baseline has no dictionary: its runs serve a grid whose dictionary settings differ.
+    assert ablate.main([*argv, "--attention", "none", "--selection", "feature", "--alpha", "5"]) == 0
+    assert run_files(out) == before
 
     # Other settings in the same folders: refused before anything runs.
     capsys.readouterr()
