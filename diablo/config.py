@@ -191,7 +191,7 @@ class TrainConfig:
     new_lr_factor: float = 1.0
     # A further factor for the dictionary alone (lr * new_lr_factor * dictionary_lr_factor): Adam
     # moves every coordinate by about the rate per step, so an entry of norm ~sqrt(m) (N(0, 1) start)
-    # turns by only ~rate / 1 radian per step; 1 keeps the dictionary in the new parts' group.
+    # turns by at most ~rate radians per step; 1 keeps the dictionary in the new parts' group.
     dictionary_lr_factor: float = 1.0
     weight_decay: float = 0.0
     # Learning-rate schedule over the optimiser steps (SCHEDULES): "constant" (the paper's), or
