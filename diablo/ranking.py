@@ -151,20 +151,24 @@ class _RankedScan:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
-    @staticmethod
     def _entries(
-        sims: np.ndarray, mask: np.ndarray, rows: slice, col_ids: np.ndarray, transpose: bool
+        self, sims: np.ndarray, mask: np.ndarray, rows: slice, col_ids: np.ndarray, transpose: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, similarity, gallery index) of the True entries of mask (a, c) over sims (a, c),
         rows along axis 0 (axis 1 when transpose); entries beyond len(col_ids) columns (padding)
-        are dropped. sims and mask may be whole padded blocks: padded rows must be False."""
+        are dropped, and with leave-one-out a query's own entry. sims and mask may be whole padded
+        blocks: padded rows must be False."""
         flat = np.flatnonzero(mask)
         i, j = np.divmod(flat, mask.shape[1])
         values = sims.ravel()[flat] if sims.flags.c_contiguous else sims[i, j]
         if transpose:
             i, j = j, i
         inside = j < len(col_ids)
-        return rows.start + i[inside], values[inside], col_ids[j[inside]]
+        g, s, gid = rows.start + i[inside], values[inside], col_ids[j[inside]]
+        if self.leave_one_out:
+            keep = gid != self.ids[g]
+            g, s, gid = g[keep], s[keep], gid[keep]
+        return g, s, gid
 
     def positives(
         self, sims: np.ndarray, rows: slice, col_ids: np.ndarray, col_labels: np.ndarray, transpose: bool = False
@@ -175,9 +179,6 @@ class _RankedScan:
         labels = self.labels[rows]
         same = col_labels[:, None] == labels if transpose else labels[:, None] == col_labels
         g, s, gid = self._entries(sims, same, rows, col_ids, transpose)
-        if self.leave_one_out:
-            keep = gid != self.ids[g]
-            g, s, gid = g[keep], s[keep], gid[keep]
         if not g.size:
             return
         seen = np.zeros(len(self.r), dtype=bool)
@@ -217,9 +218,6 @@ class _RankedScan:
         mask = np.empty(sims.shape, dtype=bool) if mask is None else mask
         np.greater_equal(sims, theta if transpose else theta[:, None], out=mask)
         g, s, gid = self._entries(sims, mask, rows, col_ids, transpose)
-        if self.leave_one_out:
-            keep = gid != self.ids[g]
-            g, s, gid = g[keep], s[keep], gid[keep]
         if not g.size:
             return
         at = self.counted[g]
