@@ -1,4 +1,4 @@
-"""Why is a result similar to a query: captum attributions of a cosine similarity, and overlays.
+"""Why is a result similar to a query: captum attributions of a cosine similarity.
 
 The explained quantity is s(x) = cos(z(x), z_t), the cosine similarity between the query's
 embedding z(x) and a chosen result's embedding z_t (held fixed) -- for the whole embedding, or
@@ -24,20 +24,19 @@ pixels do not wash out the rest. The model is put in eval mode with every parame
 then each module's mode and each parameter's flag are restored.
 
 The exact counterpart, `similarity_decomposition` (implemented in `diablo.decomposition`, re-exported
-here), needs no gradients: it writes the cosine of a query and a result as a sum over dictionary entries
+here, as are diablo.overlay's drawing helpers and diablo.entry_statistics for the app), needs no
+gradients: it writes the cosine of a query and a result as a sum over dictionary entries
 and pairs of places, pairs (N, h, w, h', w'), with the query's and the result's maps as its marginals.
 """
 
 from __future__ import annotations
 
-import colorsys
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as nnf
@@ -45,22 +44,22 @@ from torch import nn
 
 from diablo.decomposition import SimilarityDecomposition as SimilarityDecomposition  # re-exported
 from diablo.decomposition import similarity_decomposition as similarity_decomposition  # re-exported
+from diablo.entry_statistics import dataset_entry_statistics as dataset_entry_statistics  # re-exported
+from diablo.entry_statistics import entry_statistics as entry_statistics  # re-exported
+from diablo.overlay import COLORMAPS as COLORMAPS  # re-exported
+from diablo.overlay import assignment_colours as assignment_colours  # re-exported
+from diablo.overlay import assignment_map as assignment_map  # re-exported
+from diablo.overlay import assignment_overlay as assignment_overlay  # re-exported
+from diablo.overlay import attention_overlays as attention_overlays  # re-exported
+from diablo.overlay import colormap_code as colormap_code  # re-exported
+from diablo.overlay import overlay as overlay  # re-exported
 
-# captum (about 1 s to import) is imported inside the attribution functions, so that the overlay
-# helpers stay cheap to import (the app's first page uses them).
+# captum (about 1 s to import) is imported inside the attribution functions, so that importing this
+# module (and its re-exports of diablo.overlay and diablo.entry_statistics, which the app's first
+# page uses) stays cheap.
 
 METHODS = ("integrated_gradients", "gradcam")
 SIGNS = ("absolute", "positive")
-# OpenCV's colormaps by lower-case name: "jet", "viridis", "magma", "inferno", "turbo", ...
-COLORMAPS: dict[str, int] = {
-    name[len("COLORMAP_") :].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
-}
-# Qualitative palette for entry legends (matplotlib's tab10, then tab20's light shades).
-_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-]  # fmt: skip
 
 
 # ---- the explained quantity ---------------------------------------------------------------
@@ -217,221 +216,6 @@ def similarity_attribution(
         heat = np.abs(pixel) if sign == "absolute" else np.maximum(pixel, 0.0)
     heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
     return _unit_range(heat)
-
-
-# ---- overlays -------------------------------------------------------------------------------
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1) or (H, W, 3) uint8 -> (H, W, 3) uint8."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"image must be (H, W, 3) or (H, W), got {image.shape}")
-    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-
-
-def colormap_code(name: str) -> int:
-    """The cv2.COLORMAP_* constant for `name`; ValueError listing the choices."""
-    key = name.lower()
-    if key not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; choices: {', '.join(sorted(COLORMAPS))}")
-    return COLORMAPS[key]
-
-
-def _numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().float().cpu().numpy()
-    return np.asarray(array)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, colormap: str = "jet", opacity: float = 0.5) -> np.ndarray:
-    """(1 - opacity) * image + opacity * colormap(heat), heat (h, w) in [0, 1] resized to the image.
-
-    image (H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB; values of heat outside [0, 1] are clipped.
-    """
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    code = colormap_code(colormap)
-    image = _rgb(image)
-    heat = np.nan_to_num(_numpy(heat).astype(np.float32), nan=0.0)
-    if heat.ndim != 2:
-        raise ValueError(f"heat must be (h, w), got {heat.shape}")
-    height, width = image.shape[:2]
-    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)  # (H, W)
-    levels = np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
-    colour = cv2.cvtColor(cv2.applyColorMap(levels, code), cv2.COLOR_BGR2RGB)  # (H, W, 3)
-    blended = (1.0 - opacity) * image.astype(np.float64) + opacity * colour.astype(np.float64)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def _entry_maps(attention: Any, channel: int | None) -> np.ndarray:
-    """(N, c, h, w) attention -> (N, h, w): one channel, or the mean over channels."""
-    a = _numpy(attention).astype(np.float64)
-    if a.ndim != 4:
-        raise ValueError(f"attention must be (N, c, h, w), got {a.shape}")
-    if channel is None:
-        return a.mean(axis=1)
-    if not -a.shape[1] <= channel < a.shape[1]:
-        raise ValueError(f"channel must be in [0, {a.shape[1]}), got {channel}")
-    return a[:, channel]
-
-
-def attention_overlays(
-    image: np.ndarray,
-    attention: torch.Tensor,
-    channel: int | None = None,
-    colormap: str = "jet",
-    opacity: float = 0.5,
-    stretch: bool = False,
-) -> list[np.ndarray]:
-    """One overlay per dictionary entry: image (H, W, 3) uint8, attention (N, c or 1, h, w).
-
-    The weights are shown as they are (in [0, 1], 1 = the place belongs wholly to the entry),
-    so entries are comparable; `stretch=True` scales each map by its own maximum instead.
-    """
-    maps = _entry_maps(attention, channel)  # (N, h, w)
-    if stretch:
-        maps = maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
-    return [overlay(image, m, colormap, opacity) for m in maps]
-
-
-def assignment_map(attention: torch.Tensor, channel: int | None = None) -> np.ndarray:
-    """(N, c or 1, h, w) -> (h, w) int64: the arg-max entry of each place (ties: lowest index)."""
-    return _entry_maps(attention, channel).argmax(axis=0)
-
-
-def assignment_colours(n: int) -> np.ndarray:
-    """(n, 3) uint8 RGB: a fixed qualitative palette (tab10, tab20 light), then golden-ratio hues."""
-    colours = []
-    for i in range(n):
-        if i < len(_PALETTE):
-            hex_ = _PALETTE[i].lstrip("#")
-            colours.append([int(hex_[k : k + 2], 16) for k in (0, 2, 4)])
-        else:
-            r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.9)
-            colours.append([round(r * 255), round(g * 255), round(b * 255)])
-    return np.asarray(colours, dtype=np.uint8).reshape(n, 3)
-
-
-def assignment_overlay(
-    image: np.ndarray, attention: torch.Tensor, channel: int | None = None, opacity: float = 0.5
-) -> np.ndarray:
-    """image (H, W, 3) uint8 blended with each place's arg-max entry in `assignment_colours` (nearest)."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    image = _rgb(image)
-    entries = _numpy(attention).shape[0]
-    labels = assignment_map(attention, channel)  # (h, w)
-    colour = assignment_colours(entries)[labels]  # (h, w, 3)
-    colour = cv2.resize(colour, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-    blended = (1.0 - opacity) * image.astype(np.float64) + opacity * colour.astype(np.float64)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def _assignments(a: np.ndarray, channel: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Attention a (B, N, c, h, w) float64 -> (a on `channel` (all channels if None) (B, N, c', h, w),
-    the arg-max entry of each place on the channel mean (B, h, w), the assignment entropy
-    -sum_n a_n log a_n in nats (B, c', h, w)); ValueError for a channel out of range."""
-    if channel is not None:
-        if not -a.shape[2] <= channel < a.shape[2]:
-            raise ValueError(f"channel must be in [0, {a.shape[2]}), got {channel}")
-        a = a[:, :, channel : channel + 1] if channel >= 0 else a[:, :, channel:][:, :, :1]
-    winners = a.mean(axis=2).argmax(axis=1)  # (B, h, w)
-    p = np.clip(a, 0.0, None)
-    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)  # (B, c', h, w)
-    return a, winners, entropy
-
-
-def entry_statistics(attention: torch.Tensor | Sequence[Any], channel: int | None = None) -> dict[str, Any]:
-    """How a batch of attention (B, N, c or 1, h, w) uses the dictionary.
-
-    - "share" (N,): fraction of places (over the batch) whose arg-max entry is n, on the channel
-      mean (or one `channel`), as in `assignment_map`; sums to 1.
-    - "mean_weight" (N,): the mean attention weight of entry n.
-    - "entropy": mean over places (and channels, for dimension-wise attention) of
-      H = -sum_n a_n log a_n, in nats: 0 for one-hot (hard) assignment, log N for uniform.
-    - "entropy_normalised": entropy / log N in [0, 1] (0 when N = 1).
-    """
-    a = _numpy(attention).astype(np.float64)
-    if a.ndim == 4:  # one image
-        a = a[None]
-    if a.ndim != 5:
-        raise ValueError(f"attention must be (B, N, c, h, w), got {a.shape}")
-    n = a.shape[1]
-    a, winners, place_entropy = _assignments(a, channel)
-    share = np.bincount(winners.ravel(), minlength=n).astype(np.float64) / winners.size  # (N,)
-    entropy = max(float(place_entropy.mean()), 0.0)  # over (B, c, h, w)
-    return {
-        "share": share,
-        "mean_weight": a.mean(axis=(0, 2, 3, 4)),
-        "entropy": entropy,
-        "entropy_normalised": entropy / math.log(n) if n > 1 else 0.0,
-    }
-
-
-def dataset_entry_statistics(
-    model: nn.Module,
-    dataset: Any,
-    batch_size: int = 32,
-    channel: int | None = None,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """`entry_statistics` over a whole dataset of (image, label) items, batch by batch, plus
-    each entry's own mean entropy.
-
-    Returns the keys of `entry_statistics` ("share", "mean_weight", "entropy",
-    "entropy_normalised") over all places of all images, and:
-    - "entry_entropy" (N,): the mean assignment entropy (nats, channel mean for dimension-wise
-      attention) of the places whose arg-max entry is n; NaN for an entry that wins no place.
-    - "images": the number of images.
-    `progress(done, total)` is called after each batch. ValueError for the baseline (no attention).
-    """
-    from torch.utils.data import DataLoader
-
-    if getattr(model, "selection", None) is None:
-        raise ValueError("the baseline (attention='none') has no attention to summarise")
-    n = int(model.config.num_entries)
-    total = len(dataset)
-    if total == 0:
-        raise ValueError("cannot summarise the attention of an empty dataset")
-    device = next(model.parameters()).device
-    places = 0
-    counts = np.zeros(n, dtype=np.float64)  # places won by each entry
-    entropy_sums = np.zeros(n, dtype=np.float64)  # summed place entropies, by winning entry
-    weight_sums = np.zeros(n, dtype=np.float64)  # summed mean weights per image
-    was_training = model.training
-    model.eval()
-    done = 0
-    try:
-        with torch.inference_mode():
-            for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                a = model.inspect(images.to(device)).attention.double().cpu().numpy()  # (B, N, c, h, w)
-                a, winners, channel_entropy = _assignments(a, channel)
-                place_entropy = channel_entropy.mean(axis=1)  # (B, h, w)
-                counts += np.bincount(winners.ravel(), minlength=n)
-                entropy_sums += np.bincount(winners.ravel(), weights=place_entropy.ravel(), minlength=n)
-                weight_sums += a.mean(axis=(2, 3, 4)).sum(axis=0)
-                places += winners.size
-                done += a.shape[0]
-                if progress is not None:
-                    progress(done, total)
-    finally:
-        model.train(was_training)
-    entropy = max(float(entropy_sums.sum() / places), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        entry_entropy = np.where(counts > 0, entropy_sums / np.maximum(counts, 1), np.nan)
-    return {
-        "share": counts / places,
-        "mean_weight": weight_sums / done,
-        "entropy": entropy,
-        "entropy_normalised": entropy / math.log(n) if n > 1 else 0.0,
-        "entry_entropy": np.maximum(entry_entropy, 0.0),
-        "images": done,
-    }
 
 
 # ---- one image ------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from test_overlay import photo
 from torch import nn
 
 from diablo import ModelConfig, build_model, explain
@@ -195,94 +194,6 @@ def test_invalid_arguments(smooth: DiabloNet, images: tuple[torch.Tensor, torch.
         explain.similarity_attribution(smooth, torch.zeros(2, 3, SIZE, SIZE), result)
     with pytest.raises(ValueError, match="positive"):
         explain.similarity_attribution(smooth, query, result, sign="negative")
-
-
-# ---- overlays ---------------------------------------------------------------------------------
-
-
-def photo(height: int = 48, width: int = 40) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def test_overlay_shapes_and_opacity() -> None:
-    image = photo()
-    heat = np.random.default_rng(1).random((6, 5))
-    out = explain.overlay(image, heat, "viridis", 0.5)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    assert not np.array_equal(out, image)
-    assert np.array_equal(explain.overlay(image, heat, "jet", 0.0), image)
-    full = explain.overlay(image, np.zeros((3, 3)), "jet", 1.0)  # jet(0) is dark blue, whatever the image
-    assert (full == full[0, 0]).all()
-    assert full[0, 0, 2] > 100 and full[0, 0, 0] == 0 and full[0, 0, 1] == 0
-    grey = explain.overlay(image[..., 0], heat, "jet", 0.3)
-    assert grey.shape == image.shape
-
-
-def test_overlay_invalid_arguments() -> None:
-    with pytest.raises(ValueError, match="viridis"):  # the message lists the choices
-        explain.overlay(photo(), np.zeros((4, 4)), "no-such-map")
-    with pytest.raises(ValueError, match="opacity"):
-        explain.overlay(photo(), np.zeros((4, 4)), opacity=1.5)
-    with pytest.raises(ValueError, match="uint8"):
-        explain.overlay(photo().astype(np.float32), np.zeros((4, 4)))
-
-
-def random_attention(entries: int = 5, channels: int = 3, size: int = 4, seed: int = 0) -> torch.Tensor:
-    """(N, c, h, w) weights summing to 1 over N."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(3 * torch.randn(entries, channels, size, size, generator=g), dim=0)
-
-
-def test_attention_overlays() -> None:
-    image, attention = photo(), random_attention()
-    overlays = explain.attention_overlays(image, attention, opacity=0.6)
-    assert len(overlays) == 5
-    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in overlays)
-    assert not np.array_equal(overlays[0], overlays[1])
-    mean = explain.overlay(image, attention[2].mean(0).numpy(), "jet", 0.6)
-    assert np.array_equal(overlays[2], mean)
-    one = explain.attention_overlays(image, attention, channel=1, opacity=0.6)
-    assert np.array_equal(one[2], explain.overlay(image, attention[2, 1].numpy(), "jet", 0.6))
-    with pytest.raises(ValueError, match="channel"):
-        explain.attention_overlays(image, attention, channel=3)
-
-
-def test_assignment_map_is_argmax() -> None:
-    attention = random_attention()
-    labels = explain.assignment_map(attention)
-    assert labels.shape == (4, 4)
-    assert np.array_equal(labels, attention.mean(1).argmax(0).numpy())
-    assert np.array_equal(explain.assignment_map(attention, channel=2), attention[:, 2].argmax(0).numpy())
-    feature_wise = random_attention(channels=1)
-    assert np.array_equal(explain.assignment_map(feature_wise), feature_wise[:, 0].argmax(0).numpy())
-
-
-def test_assignment_colours_and_overlay() -> None:
-    colours = explain.assignment_colours(30)
-    assert colours.shape == (30, 3) and colours.dtype == np.uint8
-    assert len({tuple(c) for c in colours}) == 30
-    assert np.array_equal(explain.assignment_colours(5), colours[:5])
-    attention = random_attention()
-    out = explain.assignment_overlay(photo(8, 8), attention, opacity=1.0)
-    labels = explain.assignment_map(attention)  # (4, 4), each a 2 x 2 block of the 8 x 8 image
-    assert np.array_equal(out[::2, ::2], colours[labels])
-
-
-def test_entry_statistics() -> None:
-    n = 4
-    one_hot = nnf.one_hot(torch.tensor([[0, 0, 1], [3, 3, 3]]), n).permute(2, 0, 1).float()  # (N, 2, 3)
-    batch = one_hot[None, :, None].repeat(2, 1, 5, 1, 1)  # (B=2, N, c=5, 2, 3)
-    stats = explain.entry_statistics(batch)
-    assert stats["share"] == pytest.approx([2 / 6, 1 / 6, 0.0, 3 / 6])
-    assert stats["entropy"] == pytest.approx(0.0, abs=1e-9)
-    assert stats["entropy_normalised"] == pytest.approx(0.0, abs=1e-9)
-    uniform = explain.entry_statistics(torch.full((2, n, 1, 3, 3), 1 / n))
-    assert uniform["entropy"] == pytest.approx(math.log(n))
-    assert uniform["entropy_normalised"] == pytest.approx(1.0)
-    soft = explain.entry_statistics(random_attention(entries=n)[None].repeat(3, 1, 1, 1, 1))
-    assert soft["share"].sum() == pytest.approx(1.0)
-    assert soft["mean_weight"].sum() == pytest.approx(1.0)
-    assert 0.0 < soft["entropy"] < math.log(n)
 
 
 def test_entry_statistics_of_a_model(smooth: DiabloNet) -> None:
